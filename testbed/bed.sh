@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The whole test bed: Kafka and the Kubernetes control plane.
+#
+#   bed.sh install   install every component into the cache (skips what is up to date)
+#   bed.sh up        start every component and write target/testbed/env (idempotent)
+#   bed.sh down      stop every component; no process is left behind
+#   bed.sh status    one line per component; exit 1 when any is down
+#
+# Components can be chosen with SHOPSTREAM_TESTBED_COMPONENTS (default "kafka kube").
+set -euo pipefail
+# shellcheck source=testbed/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+read -r -a COMPONENTS <<<"${SHOPSTREAM_TESTBED_COMPONENTS:-kafka kube}"
+
+each() {
+  local verb=$1 c rc=0
+  for c in "${COMPONENTS[@]}"; do
+    "$TESTBED_DIR/$c.sh" "$verb" || rc=1
+  done
+  return $rc
+}
+
+write_env() {
+  local kafka_port=${SHOPSTREAM_KAFKA_PORT:-19092} tmp
+  tmp=$(mktemp "$STATE/env.XXXXXX")
+  {
+    echo "# Written by testbed/bed.sh up: source it to use the running test bed."
+    echo "export SHOPSTREAM_KAFKA='127.0.0.1:$kafka_port'"
+    echo "export KAFKA_BOOTSTRAP_SERVERS='127.0.0.1:$kafka_port'"
+    if [[ " ${COMPONENTS[*]} " == *" kube "* ]]; then
+      echo "export SHOPSTREAM_KUBECONFIG='$STATE/kubeconfig'"
+      echo "export KUBECONFIG='$STATE/kubeconfig'"
+    fi
+    echo "export SHOPSTREAM_TESTBED_BIN='$BIN'"
+    echo "export PATH=\"$BIN:\$PATH\""
+  } >"$tmp"
+  mv "$tmp" "$STATE/env"
+}
+
+case ${1:-} in
+  install) each install ;;
+  up)
+    mkdir -p "$STATE"
+    each up
+    write_env
+    log "up: source $STATE/env"
+    ;;
+  down)
+    rm -f "$STATE/env"
+    each down
+    ;;
+  status) each status ;;
+  *) echo "usage: $0 install|up|down|status" >&2; exit 2 ;;
+esac
