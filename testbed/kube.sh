@@ -51,17 +51,16 @@ up() {
   log "kube: starting control plane"
   kwokctl_ create cluster \
     --runtime binary \
+    --secure-port=true \
     --kube-authorization=true \
     --etcd-binary "$BIN/etcd" \
     --kube-apiserver-binary "$BIN/kube-apiserver" \
     --kube-controller-manager-binary "$BIN/kube-controller-manager" \
     --kube-scheduler-binary "$BIN/kube-scheduler" \
     --kwok-controller-binary "$BIN/kwok" \
-    --kubectl-binary "$BIN/kubectl" \
+    --kubeconfig "$KUBECONFIG_FILE" \
     --wait 2m >>"$LOG" 2>&1 \
     || die kube "kwokctl create cluster failed" "$LOG"
-  kwokctl_ get kubeconfig >"$KUBECONFIG_FILE" 2>>"$LOG" \
-    || die kube "kwokctl get kubeconfig failed" "$LOG"
   wait_until kube 60 "$LOG" cluster_ready
   kubectl --kubeconfig "$KUBECONFIG_FILE" apply -f - >>"$LOG" 2>&1 <<YAML || die kube "creating node $NODE failed" "$LOG"
 apiVersion: v1
@@ -84,8 +83,18 @@ YAML
 }
 
 down() {
+  local pidfile pidfiles=()
   if [[ -d $KWOK_WORKDIR ]]; then
+    # kwokctl signals the components but does not wait for them to exit: keep their pids
+    # and make sure each one is gone before reporting down.
+    mkdir -p "$STATE/pids"
+    for pidfile in "$KWOK_WORKDIR/clusters/$CLUSTER/pids/"*.pid; do
+      [[ -f $pidfile ]] || continue
+      cp "$pidfile" "$STATE/pids/kube-$(basename "$pidfile")"
+      pidfiles+=("$STATE/pids/kube-$(basename "$pidfile")")
+    done
     kwokctl_ delete cluster >>"$LOG" 2>&1 || log "kube: kwokctl delete failed, see $LOG"
+    for pidfile in "${pidfiles[@]}"; do stop_pid kube "$pidfile"; done
   fi
   rm -f "$KUBECONFIG_FILE"
   log "kube: down"

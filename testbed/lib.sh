@@ -10,6 +10,7 @@ TESTBED_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$TESTBED_DIR/.." && pwd)
 CACHE=${SHOPSTREAM_CACHE:-$HOME/.cache/shopstream}/testbed
 BIN=$CACHE/bin
+# shellcheck disable=SC2034 # used by the scripts that source this file
 STATE=${SHOPSTREAM_TESTBED_STATE:-$REPO_DIR/target/testbed}
 export PATH="$BIN:$PATH"
 
@@ -88,12 +89,12 @@ pid_alive() { [[ -f $1 ]] && kill -0 "$(<"$1")" 2>/dev/null; }
 
 # stop_pid COMPONENT PIDFILE: TERM, wait, then KILL; removes the pid file.
 stop_pid() {
-  local component=$1 pidfile=$2 pid i
+  local component=$1 pidfile=$2 pid
   [[ -f $pidfile ]] || return 0
   pid=$(<"$pidfile")
   if kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     if kill -0 "$pid" 2>/dev/null; then
       log "$component: did not stop on TERM, killing"
       kill -KILL "$pid" 2>/dev/null || true
