@@ -48,14 +48,20 @@ impl TestBed {
             return Ok(bed);
         }
         let script = repo_dir().join("testbed/bed.sh");
-        eprintln!("shop-testkit: SHOPSTREAM_KAFKA not set, running {} up", script.display());
+        eprintln!(
+            "shop-testkit: SHOPSTREAM_KAFKA not set, running {} up",
+            script.display()
+        );
         let status = Command::new("bash")
             .arg(&script)
             .arg("up")
             .status()
             .with_context(|| format!("running {}", script.display()))?;
         if !status.success() {
-            bail!("{} up failed ({status}); its output above names the log to read", script.display());
+            bail!(
+                "{} up failed ({status}); its output above names the log to read",
+                script.display()
+            );
         }
         let env_file = std::env::var_os("SHOPSTREAM_TESTBED_STATE")
             .map_or_else(|| repo_dir().join("target/testbed"), PathBuf::from)

@@ -31,18 +31,27 @@ impl TestBed {
         let admin = self.kafka_admin()?;
         let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
         let results = admin
-            .create_topics(&[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))], &options)
+            .create_topics(
+                &[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
+                &options,
+            )
             .await
             .with_context(|| format!("creating topic {name}"))?;
         for result in results {
             result.map_err(|(topic, code)| anyhow::anyhow!("creating topic {topic}: {code}"))?;
         }
-        Ok(TestTopic { name, bootstrap: self.kafka_bootstrap().to_owned() })
+        Ok(TestTopic {
+            name,
+            bootstrap: self.kafka_bootstrap().to_owned(),
+        })
     }
 
     /// A unique consumer group id starting with `prefix`; the group is deleted on drop.
     pub fn group(&self, prefix: &str) -> TestGroup {
-        TestGroup { id: unique_name(prefix), bootstrap: self.kafka_bootstrap().to_owned() }
+        TestGroup {
+            id: unique_name(prefix),
+            bootstrap: self.kafka_bootstrap().to_owned(),
+        }
     }
 }
 

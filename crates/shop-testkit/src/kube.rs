@@ -34,7 +34,10 @@ impl TestBed {
             .create(&PostParams::default(), &namespace)
             .await
             .with_context(|| format!("creating namespace {name}"))?;
-        Ok(TestNamespace { name, kubeconfig: self.kubeconfig()?.to_owned() })
+        Ok(TestNamespace {
+            name,
+            kubeconfig: self.kubeconfig()?.to_owned(),
+        })
     }
 }
 
@@ -66,7 +69,9 @@ impl Drop for TestNamespace {
         let (name, kubeconfig) = (self.name.clone(), self.kubeconfig.clone());
         cleanup_on_own_thread(format!("namespace {name}"), move || async move {
             let namespaces: Api<Namespace> = Api::all(client_for(&kubeconfig).await?);
-            namespaces.delete(&name, &DeleteParams::background()).await?;
+            namespaces
+                .delete(&name, &DeleteParams::background())
+                .await?;
             Ok(())
         });
     }

@@ -36,7 +36,9 @@ where
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let joined = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         runtime.block_on(cleanup())
     })
     .join();

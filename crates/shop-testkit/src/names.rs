@@ -17,11 +17,20 @@ const MAX_LEN: usize = 63;
 /// `-`, shortened so that the whole name fits in 63 characters).
 pub fn unique_name(prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let clock = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis()) % 1_000_000_000;
+    let clock = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+        % 1_000_000_000;
     let suffix = format!("-{}-{n}-{clock:x}", std::process::id());
     let mut head: String = prefix
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     head.truncate(MAX_LEN - suffix.len());
     let head = head.trim_matches('-');
@@ -41,7 +50,10 @@ mod tests {
         for name in [&a, &b] {
             assert!(name.starts_with("orders-topic-"), "{name}");
             assert!(name.len() <= MAX_LEN);
-            assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            );
         }
     }
 

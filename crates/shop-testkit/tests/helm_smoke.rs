@@ -40,6 +40,12 @@ async fn chart_installs_and_rolls_out_on_the_kwok_node() {
         .unwrap();
     assert_eq!(pods.items.len(), 1);
     let pod = &pods.items[0];
-    assert_eq!(pod.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some("kwok-node-0"));
-    assert_eq!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Running"));
+    assert_eq!(
+        pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        Some("kwok-node-0")
+    );
+    assert_eq!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Running")
+    );
 }

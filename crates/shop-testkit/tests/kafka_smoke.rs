@@ -107,15 +107,22 @@ async fn consume_transform_produce_commits_offsets_in_the_transaction() {
     producer.begin_transaction().unwrap();
     let mut next_offset = 0;
     for _ in 1..=5 {
-        let message = tokio::time::timeout(TIMEOUT, consumer.recv()).await.unwrap().unwrap();
+        let message = tokio::time::timeout(TIMEOUT, consumer.recv())
+            .await
+            .unwrap()
+            .unwrap();
         let value = std::str::from_utf8(message.payload().unwrap()).unwrap();
         send(&producer, output.name(), &value.replace("order", "payment")).await;
         next_offset = message.offset() + 1;
     }
     let mut offsets = TopicPartitionList::new();
-    offsets.add_partition_offset(input.name(), 0, Offset::Offset(next_offset)).unwrap();
+    offsets
+        .add_partition_offset(input.name(), 0, Offset::Offset(next_offset))
+        .unwrap();
     let group_metadata = consumer.group_metadata().expect("group metadata");
-    producer.send_offsets_to_transaction(&offsets, &group_metadata, TIMEOUT).unwrap();
+    producer
+        .send_offsets_to_transaction(&offsets, &group_metadata, TIMEOUT)
+        .unwrap();
     producer.commit_transaction(TIMEOUT).unwrap();
 
     // The group's committed offset moved with the transaction, not by a consumer commit.
@@ -128,5 +135,8 @@ async fn consume_transform_produce_commits_offsets_in_the_transaction() {
     let reader = read_committed_consumer(reader_group.id());
     reader.subscribe(&[output.name()]).unwrap();
     let seen = read_until(&reader, "payment-5").await;
-    assert_eq!(seen, (1..=5).map(|n| format!("payment-{n}")).collect::<Vec<_>>());
+    assert_eq!(
+        seen,
+        (1..=5).map(|n| format!("payment-{n}")).collect::<Vec<_>>()
+    );
 }

@@ -41,11 +41,20 @@ async fn install_crd(client: kube::Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client);
     let crd = Gadget::crd();
     let name = crd.metadata.name.clone().unwrap();
-    crds.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&crd)).await.unwrap();
-    tokio::time::timeout(TIMEOUT, await_condition(crds, &name, conditions::is_crd_established()))
-        .await
-        .expect("CRD established in time")
-        .unwrap();
+    crds.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(
+        TIMEOUT,
+        await_condition(crds, &name, conditions::is_crd_established()),
+    )
+    .await
+    .expect("CRD established in time")
+    .unwrap();
 }
 
 #[tokio::test]
@@ -57,15 +66,24 @@ async fn crd_from_rust_type_is_served_watched_and_enforced() {
     let gadgets: Api<Gadget> = Api::namespaced(client, namespace.name());
 
     // Watch first, so the creation is seen as an event.
-    let mut events = watcher(gadgets.clone(), watcher::Config::default()).applied_objects().boxed();
+    let mut events = watcher(gadgets.clone(), watcher::Config::default())
+        .applied_objects()
+        .boxed();
 
     let created = gadgets
-        .create(&PostParams::default(), &Gadget::new("one", GadgetSpec { size: 3 }))
+        .create(
+            &PostParams::default(),
+            &Gadget::new("one", GadgetSpec { size: 3 }),
+        )
         .await
         .unwrap();
     assert_eq!(created.spec.size, 3);
 
-    let seen = tokio::time::timeout(TIMEOUT, events.try_next()).await.unwrap().unwrap().unwrap();
+    let seen = tokio::time::timeout(TIMEOUT, events.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(seen.name_any(), "one");
 
     let status = serde_json::json!({
@@ -73,13 +91,24 @@ async fn crd_from_rust_type_is_served_watched_and_enforced() {
         "kind": "Gadget",
         "status": {"observed_size": 3}
     });
-    gadgets.patch_status("one", &PatchParams::apply(MANAGER), &Patch::Apply(&status)).await.unwrap();
+    gadgets
+        .patch_status("one", &PatchParams::apply(MANAGER), &Patch::Apply(&status))
+        .await
+        .unwrap();
     let patched = gadgets.get_status("one").await.unwrap();
-    assert_eq!(patched.status, Some(GadgetStatus { observed_size: Some(3) }));
+    assert_eq!(
+        patched.status,
+        Some(GadgetStatus {
+            observed_size: Some(3)
+        })
+    );
     assert_eq!(patched.spec.size, 3, "a status patch leaves the spec alone");
 
     let refused = gadgets
-        .create(&PostParams::default(), &Gadget::new("too-big", GadgetSpec { size: 11 }))
+        .create(
+            &PostParams::default(),
+            &Gadget::new("too-big", GadgetSpec { size: 11 }),
+        )
         .await
         .expect_err("size 11 is outside the schema's bounds");
     match refused {
