@@ -1,0 +1,172 @@
+//! Following the control topic: the live half of the control loop.
+//!
+//! The topic is read from the beginning (it is compacted: the latest record per pipeline is
+//! the desired state) and then followed. Records of other pipelines are skipped; invalid
+//! records are logged and skipped, never applied; a record whose generation is not newer
+//! than the applied one is a replay and is ignored. The latest valid record is handed to
+//! the service through a `watch` channel, so a burst of records costs the service one
+//! wake-up and it always sees the newest.
+//!
+//! Latency matters here (a change must be applied within 100 ms of landing), so the
+//! consumer asks the broker to answer fetches after at most 10 ms.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use shop_domain::ControlRecord;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::compacted::partitions_of;
+use crate::{Error, KafkaArgs, Result};
+
+/// How long `follow` waits for the initial read to reach the end of the topic before it
+/// hands over and keeps reading in the background.
+const CATCH_UP: Duration = Duration::from_secs(10);
+
+/// Starts following the control records of `args.pipeline`. Returns once the topic has
+/// been read to its current end (or after `CATCH_UP`, when the broker is slow), so a
+/// service starts with the latest record already in the channel. The channel holds `None`
+/// while no record for the pipeline exists: the service then uses its flags.
+pub async fn follow(
+    args: &KafkaArgs,
+    shutdown: CancellationToken,
+) -> Result<watch::Receiver<Option<ControlRecord>>> {
+    let consumer: StreamConsumer = args
+        .client_config("shopstream-control")
+        .set("group.id", "shopstream-control-follower")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .map_err(|source| Error::Client {
+            bootstrap: args.bootstrap_servers.clone(),
+            source,
+        })?;
+    let topic = args.control_topic.clone();
+    let partitions =
+        partitions_of(&consumer, &topic, Duration::from_secs(10))?.ok_or_else(|| {
+            Error::NoSuchTopic {
+                topic: topic.clone(),
+            }
+        })?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in &partitions {
+        assignment
+            .add_partition_offset(&topic, *partition, Offset::Beginning)
+            .map_err(|source| Error::Consume {
+                topic: topic.clone(),
+                source,
+            })?;
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(|source| Error::Consume {
+            topic: topic.clone(),
+            source,
+        })?;
+
+    let (tx, rx) = watch::channel(None);
+    let (caught_up_tx, caught_up_rx) = tokio::sync::oneshot::channel();
+    let follower = Follower {
+        topic,
+        pipeline: args.pipeline.clone(),
+        pending_eof: partitions.into_iter().collect(),
+        latest: None,
+        tx,
+        caught_up: Some(caught_up_tx),
+    };
+    tokio::spawn(follower.run(consumer, shutdown));
+    if tokio::time::timeout(CATCH_UP, caught_up_rx).await.is_err() {
+        warn!(pipeline = %args.pipeline, "control topic not read to its end yet; starting with the settings known so far");
+    }
+    Ok(rx)
+}
+
+struct Follower {
+    topic: String,
+    pipeline: String,
+    /// Partitions whose end has not been reached in the initial read.
+    pending_eof: HashSet<i32>,
+    /// The newest valid record seen; published once the initial read is complete.
+    latest: Option<ControlRecord>,
+    tx: watch::Sender<Option<ControlRecord>>,
+    caught_up: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Follower {
+    async fn run(mut self, consumer: StreamConsumer, shutdown: CancellationToken) {
+        loop {
+            let received = tokio::select! {
+                () = shutdown.cancelled() => return,
+                received = consumer.recv() => received,
+            };
+            match received {
+                Ok(message) => {
+                    if message.key() == Some(self.pipeline.as_bytes()) {
+                        self.offer(message.payload(), message.offset());
+                    }
+                }
+                Err(KafkaError::PartitionEOF(partition)) => {
+                    self.pending_eof.remove(&partition);
+                    if self.pending_eof.is_empty() {
+                        self.publish_caught_up();
+                    }
+                }
+                Err(error) => {
+                    // The client reconnects by itself; wait a little so an outage is not
+                    // a busy loop of identical warnings.
+                    warn!(topic = %self.topic, %error, "reading control records failed; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn offer(&mut self, payload: Option<&[u8]>, offset: i64) {
+        let Some(payload) = payload else {
+            debug!(pipeline = %self.pipeline, offset, "control record deleted; keeping the applied settings");
+            return;
+        };
+        let record = match ControlRecord::parse(payload) {
+            Ok(record) => record,
+            Err(error) => {
+                warn!(pipeline = %self.pipeline, offset, %error, "ignoring invalid control record");
+                return;
+            }
+        };
+        let newest = self.latest.as_ref().map_or(0, |r| r.generation);
+        if self.latest.is_some() && record.generation <= newest {
+            debug!(pipeline = %self.pipeline, generation = record.generation, "ignoring control record that is not newer");
+            return;
+        }
+        info!(
+            pipeline = %self.pipeline,
+            generation = record.generation,
+            orders_per_second = record.orders_per_second,
+            payment_failure_ratio = record.payment_failure_ratio,
+            paused = record.paused,
+            "control record received"
+        );
+        self.latest = Some(record.clone());
+        if self.caught_up.is_none() {
+            self.tx.send_replace(Some(record));
+        }
+    }
+
+    fn publish_caught_up(&mut self) {
+        if let Some(caught_up) = self.caught_up.take() {
+            if let Some(record) = &self.latest {
+                self.tx.send_replace(Some(record.clone()));
+            }
+            let _ = caught_up.send(());
+        }
+    }
+}

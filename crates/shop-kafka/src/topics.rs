@@ -1,0 +1,108 @@
+//! Creating the topics a service needs, with the settings DESIGN.md gives them.
+//!
+//! Creating is idempotent: a topic that exists is left as it is (its partition count and
+//! config are the operator's business once it exists). Without this, a broker with
+//! `auto.create.topics.enable` would create the compacted topics as plain ones.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::{Error, KafkaArgs, Result};
+
+/// What a topic should look like when it has to be created.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub config: Vec<(&'static str, String)>,
+}
+
+impl TopicSpec {
+    /// A compacted topic: control records, heartbeats, id blocks (latest value per key).
+    pub fn compacted(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            partitions: 1,
+            config: vec![("cleanup.policy", "compact".into())],
+        }
+    }
+
+    /// An event topic (orders, payments, dead letters): deleted after its retention.
+    pub fn events(name: &str, partitions: i32) -> Self {
+        Self {
+            name: name.to_owned(),
+            partitions,
+            config: vec![("cleanup.policy", "delete".into())],
+        }
+    }
+
+    /// Sets a topic config entry, e.g. `retention.ms`.
+    pub fn with(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.config.push((key, value.into()));
+        self
+    }
+}
+
+/// The three compacted topics of the control loop that every service uses.
+pub fn control_plane_topics(args: &KafkaArgs) -> Vec<TopicSpec> {
+    vec![
+        TopicSpec::compacted(&args.control_topic),
+        TopicSpec::compacted(&args.heartbeat_topic),
+        TopicSpec::compacted(&args.id_block_topic),
+    ]
+}
+
+/// Creates each topic that does not exist yet (replication factor 1 is not assumed: the
+/// broker's default replication factor is used).
+pub async fn ensure_topics(args: &KafkaArgs, topics: &[TopicSpec]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = args
+        .client_config("shopstream-admin")
+        .create()
+        .map_err(|source| Error::Client {
+            bootstrap: args.bootstrap_servers.clone(),
+            source,
+        })?;
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| {
+            let mut topic = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(-1));
+            for (key, value) in &t.config {
+                topic = topic.set(key, value);
+            }
+            topic
+        })
+        .collect();
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(30)))
+        .request_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics(&new_topics, &options)
+        .await
+        .map_err(|e| Error::CreateTopic {
+            topic: names(topics),
+            detail: e.to_string(),
+        })?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(Error::CreateTopic {
+                    topic,
+                    detail: code.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn names(topics: &[TopicSpec]) -> String {
+    topics
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
