@@ -2,10 +2,13 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help test testbed testbed-up testbed-down testbed-status fmt lint
+.PHONY: help demo test testbed testbed-up testbed-down testbed-status fmt lint
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+demo: ## Run the pipeline locally without Kubernetes; notifications stream here (Ctrl-C stops)
+	scripts/demo.sh
 
 test: ## Everything CI runs: test bed up, fmt, clippy, all tests, test bed down
 	scripts/test.sh
