@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help demo test testbed testbed-up testbed-down testbed-status fmt lint
+.PHONY: help demo generate test testbed testbed-up testbed-down testbed-status fmt lint
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -24,6 +24,13 @@ testbed-down: ## Stop the test bed
 
 testbed-status: ## Show which test-bed components are up
 	testbed/bed.sh status
+
+CRD_FILES := deploy/crds/shoppipelines.shopstream.dev.yaml charts/shopstream/crds/shoppipelines.shopstream.dev.yaml
+
+generate: ## Regenerate the checked-in ShopPipeline CRD from the Rust types
+	@mkdir -p target
+	cargo run --quiet -p shop-controller -- crd > target/crd.yaml
+	for f in $(CRD_FILES); do cp target/crd.yaml $$f; done
 
 fmt: ## Format the Rust code
 	cargo fmt --all

@@ -1,0 +1,52 @@
+//! `shop-controller`: runs the ShopPipeline controller, or prints its CRD.
+
+use clap::{Parser, Subcommand};
+use shop_runtime::{CommonArgs, Health, Metrics};
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Runs ShopPipeline resources as Kafka pipelines on Kubernetes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    config: shop_controller::run::Config,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the controller (the default).
+    Run,
+    /// Print the ShopPipeline CustomResourceDefinition as YAML.
+    Crd,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::Crd) = cli.command {
+        print!("{}", shop_controller::crd::crd_yaml()?);
+        return Ok(());
+    }
+    shop_runtime::telemetry::init(cli.common.log_format)?;
+    let shutdown = shop_runtime::signal_token();
+    let listener =
+        shop_runtime::http::bind(cli.common.http_port_or(8080), CommonArgs::HTTP_PORT_HINT).await?;
+    let (health, metrics) = (Health::new(), Metrics::new());
+    let server = tokio::spawn(shop_runtime::serve(
+        listener,
+        health.clone(),
+        metrics,
+        shutdown.clone(),
+    ));
+    let client = kube::Client::try_default().await?;
+    let identity = cli.common.instance();
+    shop_controller::run::run(cli.config, client, &identity, health, shutdown.clone()).await?;
+    shutdown.cancel();
+    server.await??;
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! Observing a pipeline in Kafka: topic watermarks, consumer-group offsets and the
+//! replicas' heartbeats. Reads only; every call is bounded by a timeout.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use shop_domain::Heartbeat;
+use shop_domain::control::parse_heartbeat_key;
+use shop_kafka::KafkaArgs;
+
+use crate::status::LIVE_WITHIN;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sum of the high watermarks of `topic` (records ever written), and the lag of `group`
+/// on it (records not yet committed by the group). `None` when the topic does not exist.
+pub async fn progress(
+    kafka: &KafkaArgs,
+    topic: &str,
+    group: &str,
+) -> shop_kafka::Result<Option<(i64, i64)>> {
+    let (kafka, topic, group) = (kafka.clone(), topic.to_owned(), group.to_owned());
+    tokio::task::spawn_blocking(move || progress_blocking(&kafka, &topic, &group))
+        .await
+        .map_err(|e| shop_kafka::Error::Task(e.to_string()))?
+}
+
+fn progress_blocking(
+    kafka: &KafkaArgs,
+    topic: &str,
+    group: &str,
+) -> shop_kafka::Result<Option<(i64, i64)>> {
+    let consumer: BaseConsumer = kafka
+        .client_config("shop-controller-observer")
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|source| shop_kafka::Error::Client {
+            bootstrap: kafka.bootstrap_servers.clone(),
+            source,
+        })?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), TIMEOUT)
+        .map_err(|source| shop_kafka::Error::Metadata {
+            topic: topic.to_owned(),
+            source,
+        })?;
+    let Some(found) = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+    else {
+        return Ok(None);
+    };
+    let mut partitions = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for partition in found.partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition.id(), TIMEOUT)
+            .map_err(|source| shop_kafka::Error::Metadata {
+                topic: topic.to_owned(),
+                source,
+            })?;
+        ends.insert(partition.id(), (low, high));
+        partitions.add_partition(topic, partition.id());
+    }
+    let committed = consumer
+        .committed_offsets(partitions, TIMEOUT)
+        .map_err(|source| shop_kafka::Error::Consume {
+            topic: topic.to_owned(),
+            source,
+        })?;
+    let mut written = 0;
+    let mut lag = 0;
+    for (partition, (low, high)) in ends {
+        written += high;
+        let position = committed
+            .find_partition(topic, partition)
+            .and_then(|p| match p.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            })
+            .unwrap_or(low);
+        lag += (high - position).max(0);
+    }
+    Ok(Some((written, lag)))
+}
+
+/// The live heartbeats of `pipeline` (fresher than `LIVE_WITHIN`).
+pub async fn live_heartbeats(
+    kafka: &KafkaArgs,
+    pipeline: &str,
+) -> shop_kafka::Result<Vec<Heartbeat>> {
+    let table = shop_kafka::compacted::read_table(kafka, &kafka.heartbeat_topic, TIMEOUT).await?;
+    let now = SystemTime::now();
+    Ok(table
+        .iter()
+        .filter(|(key, _)| parse_heartbeat_key(key).is_some_and(|(p, _, _)| p == pipeline))
+        .filter_map(|(_, value)| Heartbeat::parse(value).ok())
+        .filter(|h| {
+            // A clock slightly ahead of ours counts as fresh, an unreadable one as stale.
+            shop_domain::time::parse_rfc3339(&h.timestamp)
+                .is_some_and(|at| now.duration_since(at).unwrap_or_default() < LIVE_WITHIN)
+        })
+        .collect())
+}
+
+/// Sum of a counter over heartbeats of one service.
+pub fn counter(heartbeats: &[Heartbeat], service: &str, name: &str) -> u64 {
+    heartbeats
+        .iter()
+        .filter(|h| h.service == service)
+        .filter_map(|h| h.counters.get(name))
+        .sum()
+}

@@ -1,0 +1,364 @@
+//! Reconcile: one pass over one pipeline, as a pipeline of steps.
+//!
+//! read (the object the watch delivered) → validate and build ([`crate::build`], pure) →
+//! apply (server-side apply of the Deployments with one field manager; topics; the
+//! control record when the tuning changed) → observe (Deployments, Kafka) → status
+//! ([`crate::status`], pure), written only when it changed.
+//!
+//! Every step is idempotent, so a restarted controller converges without duplicate side
+//! effects: the control record is published only when it differs from the one already in
+//! the compacted topic, which the controller reads at start.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, Client, ResourceExt};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use shop_domain::ControlRecord;
+use shop_kafka::KafkaArgs;
+use shop_kafka::topics::{TopicSpec, ensure_topics};
+use tracing::{info, warn};
+
+use crate::build::{Defaults, Desired, desired};
+use crate::crd::{Effective, Measured, ShopPipeline};
+use crate::observe;
+use crate::status::{Observations, status};
+
+/// The one field manager of everything this controller writes.
+pub const MANAGER: &str = "shop-controller";
+
+/// How often a healthy pipeline is looked at again (measured values, heartbeats).
+pub const REFRESH: Duration = Duration::from_secs(10);
+
+/// Shared state of the reconciler.
+pub struct Context {
+    pub client: Client,
+    pub defaults: Defaults,
+    /// The controller's own view of Kafka (its address may differ from the Pods').
+    pub kafka: KafkaArgs,
+    pub producer: FutureProducer,
+    /// The latest control record per pipeline key, as in the compacted control topic.
+    pub published: Mutex<HashMap<String, ControlRecord>>,
+    /// The previous sample of each pipeline's counters, for measured rates.
+    samples: Mutex<HashMap<String, Sample>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("defaults", &self.defaults)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    orders_written: i64,
+    payments_failed: u64,
+    payments_processed: u64,
+}
+
+/// Errors of one reconcile, by step.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("building the desired objects: {0}")]
+    Build(#[from] crate::build::BuildError),
+    #[error("applying {kind} {name}: {source}")]
+    Apply {
+        kind: &'static str,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("Kafka: {0}")]
+    Kafka(#[from] shop_kafka::Error),
+    #[error("publishing the control record of {key}: {source}")]
+    Publish {
+        key: String,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("writing the status of {name}: {source}")]
+    Status { name: String, source: kube::Error },
+}
+
+impl Error {
+    /// The condition reason and metrics label of this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Build(_) => "InvalidSpec",
+            Error::Apply { .. } => "ApplyFailed",
+            Error::Kafka(_) | Error::Publish { .. } => "KafkaUnavailable",
+            Error::Status { .. } => "StatusWriteFailed",
+        }
+    }
+}
+
+impl Context {
+    /// A context whose knowledge of published control records starts from the topic.
+    pub async fn new(
+        client: Client,
+        defaults: Defaults,
+        kafka: KafkaArgs,
+    ) -> Result<Self, shop_kafka::Error> {
+        let producer: FutureProducer = kafka
+            .client_config("shop-controller")
+            .set("enable.idempotence", "true")
+            .create()
+            .map_err(|source| shop_kafka::Error::Client {
+                bootstrap: kafka.bootstrap_servers.clone(),
+                source,
+            })?;
+        let table = shop_kafka::compacted::read_table(
+            &kafka,
+            &kafka.control_topic,
+            Duration::from_secs(30),
+        )
+        .await?;
+        let published = table
+            .into_iter()
+            .filter_map(|(key, value)| Some((key, ControlRecord::parse(&value).ok()?)))
+            .collect();
+        Ok(Self {
+            client,
+            defaults,
+            kafka,
+            producer,
+            published: Mutex::new(published),
+            samples: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+/// One reconcile of `pipeline`.
+pub async fn reconcile(pipeline: Arc<ShopPipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let desired = desired(&pipeline, &ctx.defaults)?;
+    let applied = apply(&pipeline, &desired, &ctx).await;
+    let mut observations = observe(&pipeline, &desired, &ctx).await;
+    if let Err(error) = &applied {
+        observations.error = Some((error.reason().to_owned(), error.to_string()));
+    }
+    write_status(&pipeline, &observations, &ctx).await?;
+    applied.map(|()| Action::requeue(REFRESH))
+}
+
+async fn apply(pipeline: &ShopPipeline, desired: &Desired, ctx: &Context) -> Result<(), Error> {
+    let namespace = pipeline.namespace().unwrap_or_default();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let params = PatchParams::apply(MANAGER).force();
+    for deployment in &desired.deployments {
+        let name = deployment.name_any();
+        deployments
+            .patch(&name, &params, &Patch::Apply(deployment))
+            .await
+            .map_err(|source| Error::Apply {
+                kind: "Deployment",
+                name,
+                source,
+            })?;
+    }
+    let retention = ("retention.ms", (24 * 3600 * 1000).to_string());
+    ensure_topics(
+        &ctx.kafka,
+        &[
+            TopicSpec::events(&desired.topics.orders, desired.partitions)
+                .with(retention.0, retention.1.clone()),
+            TopicSpec::events(&desired.topics.payments, desired.partitions)
+                .with(retention.0, retention.1.clone()),
+            TopicSpec::events(&desired.topics.dlq, 1).with(retention.0, retention.1),
+        ],
+    )
+    .await?;
+    publish_control(pipeline, desired, ctx).await
+}
+
+/// Publishes the pipeline's control record when its tuning differs from the published one.
+async fn publish_control(
+    pipeline: &ShopPipeline,
+    desired: &Desired,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let spec = &pipeline.spec;
+    let current = lock(&ctx.published).get(&desired.pipeline_key).cloned();
+    let unchanged = current.as_ref().is_some_and(|r| {
+        r.orders_per_second == spec.orders_per_second
+            && r.payment_failure_ratio == spec.payment_failure_ratio
+            && r.paused == spec.paused
+            && r.seed == spec.seed.unwrap_or_default()
+    });
+    if unchanged {
+        return Ok(());
+    }
+    let generation = u64::try_from(pipeline.metadata.generation.unwrap_or(1)).unwrap_or(1);
+    // Never go back: a record written by hand (shopctl) may carry a higher generation.
+    let generation = generation.max(current.as_ref().map_or(0, |r| r.generation + 1));
+    let record = ControlRecord {
+        generation,
+        orders_per_second: spec.orders_per_second,
+        payment_failure_ratio: spec.payment_failure_ratio,
+        paused: spec.paused,
+        seed: spec.seed.unwrap_or_default(),
+        extra: Default::default(),
+    };
+    let payload = record.to_json();
+    ctx.producer
+        .send(
+            FutureRecord::to(&ctx.kafka.control_topic)
+                .key(&desired.pipeline_key)
+                .payload(&payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(source, _)| Error::Publish {
+            key: desired.pipeline_key.clone(),
+            source,
+        })?;
+    info!(
+        pipeline = %desired.pipeline_key,
+        generation,
+        orders_per_second = record.orders_per_second,
+        payment_failure_ratio = record.payment_failure_ratio,
+        paused = record.paused,
+        "published control record"
+    );
+    lock(&ctx.published).insert(desired.pipeline_key.clone(), record);
+    Ok(())
+}
+
+async fn observe(pipeline: &ShopPipeline, desired: &Desired, ctx: &Context) -> Observations {
+    let namespace = pipeline.namespace().unwrap_or_default();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut observed = Vec::new();
+    for want in &desired.deployments {
+        let name = want.name_any();
+        if let Ok(Some(found)) = deployments.get_opt(&name).await {
+            let replicas = found.spec.and_then(|s| s.replicas).unwrap_or(1);
+            let ready = found.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+            observed.push((name, replicas, ready));
+        }
+    }
+    let effective = lock(&ctx.published).get(&desired.pipeline_key).map(|r| {
+        (
+            r.generation,
+            Effective {
+                orders_per_second: r.orders_per_second,
+                payment_failure_ratio: r.payment_failure_ratio,
+                paused: r.paused,
+            },
+        )
+    });
+    let heartbeats = match observe::live_heartbeats(&ctx.kafka, &desired.pipeline_key).await {
+        Ok(heartbeats) => heartbeats,
+        Err(error) => {
+            warn!(pipeline = %desired.pipeline_key, %error, "heartbeats not read");
+            Vec::new()
+        }
+    };
+    let measured = measure(desired, &heartbeats, ctx).await;
+    Observations {
+        generation: pipeline.metadata.generation,
+        effective,
+        live_heartbeats: heartbeats,
+        deployments: observed,
+        measured,
+        error: None,
+        paused: pipeline.spec.paused,
+    }
+}
+
+async fn measure(
+    desired: &Desired,
+    heartbeats: &[shop_domain::Heartbeat],
+    ctx: &Context,
+) -> Option<Measured> {
+    let topics = &desired.topics;
+    let orders = observe::progress(&ctx.kafka, &topics.orders, &topics.payment_group).await;
+    let payments =
+        observe::progress(&ctx.kafka, &topics.payments, &topics.notification_group).await;
+    let (Ok(Some((orders_written, payment_lag))), Ok(payments)) = (orders, payments) else {
+        return None;
+    };
+    let now = Sample {
+        at: Instant::now(),
+        orders_written,
+        payments_failed: observe::counter(heartbeats, "payment-service", "failed"),
+        payments_processed: observe::counter(heartbeats, "payment-service", "processed"),
+    };
+    let before = lock(&ctx.samples).insert(desired.pipeline_key.clone(), now);
+    let mut measured = Measured {
+        payment_lag: Some(payment_lag),
+        notification_lag: payments.map(|(_, lag)| lag),
+        ..Measured::default()
+    };
+    if let Some(before) = before {
+        let seconds = now.at.duration_since(before.at).as_secs_f64();
+        if seconds > 0.5 {
+            let rate = (now.orders_written - before.orders_written).max(0) as f64 / seconds;
+            measured.orders_per_second = Some((rate * 100.0).round() / 100.0);
+        }
+        let processed = now
+            .payments_processed
+            .saturating_sub(before.payments_processed);
+        if processed > 0 {
+            let failed = now.payments_failed.saturating_sub(before.payments_failed);
+            measured.failure_ratio =
+                Some((failed as f64 / processed as f64 * 1000.0).round() / 1000.0);
+        }
+    }
+    Some(measured)
+}
+
+async fn write_status(
+    pipeline: &ShopPipeline,
+    observations: &Observations,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let now = shop_domain::time::rfc3339(SystemTime::now());
+    let mut next = status(observations, pipeline.status.as_ref(), &now);
+    // Measured values move every period; keep the previous ones when there are no new
+    // ones, so a missing sample does not flap the status.
+    if next.measured.is_none() {
+        next.measured = pipeline.status.as_ref().and_then(|s| s.measured.clone());
+    }
+    if pipeline.status.as_ref() == Some(&next) {
+        return Ok(());
+    }
+    let name = pipeline.name_any();
+    let api: Api<ShopPipeline> = Api::namespaced(
+        ctx.client.clone(),
+        &pipeline.namespace().unwrap_or_default(),
+    );
+    let patch = serde_json::json!({
+        "apiVersion": "shopstream.dev/v1alpha1",
+        "kind": "ShopPipeline",
+        "status": next,
+    });
+    api.patch_status(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| Error::Status { name, source })?;
+    Ok(())
+}
+
+/// Requeue policy on error: invalid specs wait for a change, everything else retries.
+pub fn error_policy(pipeline: Arc<ShopPipeline>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(pipeline = %pipeline.name_any(), reason = error.reason(), %error, "reconcile failed");
+    match error {
+        Error::Build(_) => Action::await_change(),
+        _ => Action::requeue(Duration::from_secs(5)),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock only means another reconcile panicked mid-update of a cache; the
+    // cache is still usable (at worst a control record is published once more).
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,198 @@
+//! The controller's settings and its main loop.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client};
+use shop_domain::control::{CONTROL_TOPIC, HEARTBEAT_TOPIC, ID_BLOCK_TOPIC};
+use shop_kafka::KafkaArgs;
+use shop_kafka::args::parse_bootstrap_servers;
+use shop_kafka::topics::{control_plane_topics, ensure_topics};
+use shop_runtime::{CancellationToken, Health};
+use tracing::{info, warn};
+
+use crate::build::Defaults;
+use crate::crd::ShopPipeline;
+use crate::leader::Elector;
+use crate::reconcile::{Context, error_policy, reconcile};
+
+/// Settings of the controller; each is a flag with an environment fallback.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Config {
+    /// Kafka bootstrap servers as the controller reaches them.
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "localhost:9092",
+          value_parser = parse_bootstrap_servers)]
+    pub bootstrap_servers: String,
+
+    /// Kafka bootstrap servers as the pipelines' Pods reach them (default: the same).
+    #[arg(long, env = "PIPELINE_KAFKA_BOOTSTRAP_SERVERS", value_parser = parse_bootstrap_servers)]
+    pub pipeline_bootstrap_servers: Option<String>,
+
+    /// Compacted topic of control records.
+    #[arg(long, env = "CONTROL_TOPIC", default_value = CONTROL_TOPIC)]
+    pub control_topic: String,
+
+    /// Compacted topic of the replicas' heartbeats.
+    #[arg(long, env = "HEARTBEAT_TOPIC", default_value = HEARTBEAT_TOPIC)]
+    pub heartbeat_topic: String,
+
+    /// Images are `<repository>/<service>:<tag>`.
+    #[arg(long, env = "IMAGE_REPOSITORY", default_value = "shopstream")]
+    pub image_repository: String,
+
+    #[arg(long, env = "IMAGE_TAG", default_value = env!("CARGO_PKG_VERSION"))]
+    pub image_tag: String,
+
+    /// CPU request of every service container.
+    #[arg(long, env = "SERVICE_CPU_REQUEST", default_value = "50m")]
+    pub service_cpu_request: String,
+
+    /// Memory request of every service container.
+    #[arg(long, env = "SERVICE_MEMORY_REQUEST", default_value = "64Mi")]
+    pub service_memory_request: String,
+
+    /// Memory limit of every service container.
+    #[arg(long, env = "SERVICE_MEMORY_LIMIT", default_value = "256Mi")]
+    pub service_memory_limit: String,
+
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+
+    /// Namespace of the leader-election Lease (the controller's own namespace in a Pod).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub leader_election_namespace: String,
+
+    /// Name of the leader-election Lease; replicas sharing it elect one leader.
+    #[arg(long, env = "LEASE_NAME", default_value = "shop-controller")]
+    pub lease_name: String,
+}
+
+impl Config {
+    fn kafka(&self) -> KafkaArgs {
+        let mut kafka = KafkaArgs::for_broker(&self.bootstrap_servers);
+        kafka.pipeline = "shop-controller".into();
+        kafka.control_topic = self.control_topic.clone();
+        kafka.heartbeat_topic = self.heartbeat_topic.clone();
+        kafka.id_block_topic = ID_BLOCK_TOPIC.into();
+        kafka
+    }
+
+    fn defaults(&self) -> Defaults {
+        Defaults {
+            bootstrap_servers: self
+                .pipeline_bootstrap_servers
+                .clone()
+                .unwrap_or_else(|| self.bootstrap_servers.clone()),
+            image_repository: self.image_repository.clone(),
+            image_tag: self.image_tag.clone(),
+            control_topic: self.control_topic.clone(),
+            heartbeat_topic: self.heartbeat_topic.clone(),
+            cpu_request: self.service_cpu_request.clone(),
+            memory_request: self.service_memory_request.clone(),
+            memory_limit: self.service_memory_limit.clone(),
+        }
+    }
+}
+
+/// Errors that stop the controller from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connecting to the Kubernetes API (KUBECONFIG or in-cluster config): {0}")]
+    Kube(#[from] kube::Error),
+    #[error("Kafka: {0}")]
+    Kafka(#[from] shop_kafka::Error),
+    #[error("leadership lost; exiting so that a fresh start can compete again")]
+    LostLeadership,
+}
+
+async fn sweep_periodically(
+    ctx: Arc<Context>,
+    pipelines: Api<ShopPipeline>,
+    shutdown: CancellationToken,
+) {
+    let mut period = tokio::time::interval(crate::sweep::PERIOD);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = period.tick() => {}
+        }
+        if let Err(error) = crate::sweep::sweep(&ctx, &pipelines).await {
+            warn!(%error, "topic sweep failed; retrying next period");
+        }
+    }
+}
+
+/// Runs the controller until `shutdown`: waits to lead, then reconciles and sweeps while
+/// it leads. Returns when shutdown was asked for or leadership was lost.
+pub async fn run(
+    config: Config,
+    client: Client,
+    identity: &str,
+    health: Health,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let elector = Elector::new(
+        client.clone(),
+        &config.leader_election_namespace,
+        &config.lease_name,
+        identity,
+    );
+    health.set_ready(false, "waiting for leadership");
+    let Some(leading) = elector.lead(shutdown.clone()).await else {
+        return Ok(());
+    };
+    let result = run_as_leader(config, client, health.clone(), leading.clone()).await;
+    leading.cancel();
+    if !shutdown.is_cancelled() && result.is_ok() {
+        return Err(Error::LostLeadership);
+    }
+    result
+}
+
+async fn run_as_leader(
+    config: Config,
+    client: Client,
+    health: Health,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let kafka = config.kafka();
+    ensure_topics(&kafka, &control_plane_topics(&kafka)).await?;
+    let ctx = Arc::new(Context::new(client.clone(), config.defaults(), kafka).await?);
+    let (pipelines, deployments): (Api<ShopPipeline>, Api<Deployment>) =
+        match &config.watch_namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client, ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client)),
+        };
+    tokio::spawn(sweep_periodically(
+        Arc::clone(&ctx),
+        pipelines.clone(),
+        shutdown.clone(),
+    ));
+    let children = watcher::Config::default().labels(crate::build::PIPELINE_LABEL);
+    info!(
+        namespace = config.watch_namespace.as_deref().unwrap_or("*"),
+        "controller started"
+    );
+    health.set_ready(true, "");
+    let stop = shutdown.clone();
+    Controller::new(pipelines, watcher::Config::default().any_semantic())
+        .owns(deployments, children)
+        .graceful_shutdown_on(async move { stop.cancelled().await })
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(pipeline = %object.name, "reconciled"),
+                Err(error) => warn!(%error, "reconcile loop"),
+            }
+        })
+        .await;
+    health.set_ready(false, "shutting down");
+    info!("controller stopped");
+    Ok(())
+}

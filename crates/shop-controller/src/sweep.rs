@@ -1,0 +1,151 @@
+//! The sweep: topics of pipelines that no longer exist are deleted.
+//!
+//! There are no finalizers (an uninstall must never hang on a controller that is gone),
+//! so a deleted ShopPipeline's Deployments go by garbage collection and its topics by this
+//! periodic sweep. A topic is swept only when all of these hold: its name is
+//! `<namespace>.<name>.(orders|payments|dlq)`, the control topic has a record for
+//! `<namespace>/<name>` (so this controller created the pipeline), and the API server,
+//! asked just now, has no such ShopPipeline. The control record is then removed with a
+//! tombstone.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use kube::Api;
+use kube::api::ListParams;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::FutureRecord;
+use tracing::{info, warn};
+
+use crate::crd::ShopPipeline;
+use crate::reconcile::Context;
+
+/// How often the sweep runs.
+pub const PERIOD: Duration = Duration::from_secs(60);
+
+const SUFFIXES: [&str; 3] = ["orders", "payments", "dlq"];
+
+/// The pipeline key (`<namespace>/<name>`) a topic belongs to, if it is a pipeline topic.
+pub fn pipeline_of_topic(topic: &str) -> Option<String> {
+    let (namespace, rest) = topic.split_once('.')?;
+    let (name, suffix) = rest.rsplit_once('.')?;
+    (!namespace.is_empty() && !name.is_empty() && SUFFIXES.contains(&suffix))
+        .then(|| format!("{namespace}/{name}"))
+}
+
+/// Topics to delete: pipeline topics whose pipeline has a control record but no resource.
+pub fn orphans(
+    topics: &[String],
+    published: &BTreeSet<String>,
+    existing: &BTreeSet<String>,
+) -> Vec<String> {
+    topics
+        .iter()
+        .filter(|t| {
+            pipeline_of_topic(t).is_some_and(|p| published.contains(&p) && !existing.contains(&p))
+        })
+        .cloned()
+        .collect()
+}
+
+/// One sweep. Returns the topics it deleted.
+pub async fn sweep(ctx: &Context, pipelines: &Api<ShopPipeline>) -> anyhow::Result<Vec<String>> {
+    let existing: BTreeSet<String> = pipelines
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter_map(|p| {
+            Some(format!(
+                "{}/{}",
+                p.metadata.namespace.as_deref()?,
+                p.metadata.name.as_deref()?
+            ))
+        })
+        .collect();
+    let published: BTreeSet<String> = ctx
+        .published
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .keys()
+        .cloned()
+        .collect();
+    let kafka = ctx.kafka.clone();
+    let topics = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
+        let consumer: BaseConsumer = kafka.client_config("shop-controller-sweep").create()?;
+        let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .collect())
+    })
+    .await??;
+    let doomed = orphans(&topics, &published, &existing);
+    if doomed.is_empty() {
+        return Ok(doomed);
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        ctx.kafka.client_config("shop-controller-sweep").create()?;
+    let names: Vec<&str> = doomed.iter().map(String::as_str).collect();
+    for result in admin.delete_topics(&names, &AdminOptions::new()).await? {
+        match result {
+            Ok(topic) => info!(%topic, "deleted topic of a deleted pipeline"),
+            Err((topic, code)) => warn!(%topic, %code, "topic of a deleted pipeline not deleted"),
+        }
+    }
+    let gone: BTreeSet<String> = doomed.iter().filter_map(|t| pipeline_of_topic(t)).collect();
+    for key in gone {
+        let tombstone = FutureRecord::<str, [u8]>::to(&ctx.kafka.control_topic).key(&key);
+        if let Err((error, _)) = ctx.producer.send(tombstone, Duration::from_secs(10)).await {
+            warn!(pipeline = %key, %error, "control record of a deleted pipeline not removed");
+            continue;
+        }
+        ctx.published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key);
+    }
+    Ok(doomed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn pipeline_topics_are_recognised_by_name() {
+        assert_eq!(
+            pipeline_of_topic("shop.demo.orders").as_deref(),
+            Some("shop/demo")
+        );
+        assert_eq!(
+            pipeline_of_topic("shop.my.app.dlq").as_deref(),
+            Some("shop/my.app")
+        );
+        assert_eq!(pipeline_of_topic("shopstream.control"), None);
+        assert_eq!(pipeline_of_topic("order_topic"), None);
+        assert_eq!(pipeline_of_topic("shop.demo.other"), None);
+    }
+
+    #[test]
+    fn only_topics_of_deleted_pipelines_we_created_are_swept() {
+        let topics: Vec<String> = [
+            "a.gone.orders",
+            "a.gone.payments",
+            "a.live.orders",
+            "b.foreign.orders",
+            "order_topic",
+        ]
+        .map(String::from)
+        .to_vec();
+        let doomed = orphans(&topics, &set(&["a/gone", "a/live"]), &set(&["a/live"]));
+        assert_eq!(doomed, ["a.gone.orders", "a.gone.payments"]);
+    }
+}

@@ -1,0 +1,185 @@
+//! The generated CRD on the test bed's real API server: valid pipelines are stored,
+//! invalid ones are refused by the server itself, unknown fields are pruned, and
+//! `kubectl get sp` shows the printer columns.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, CustomResourceExt};
+use serde_json::{Value, json};
+use shop_controller::crd::ShopPipeline;
+use shop_testkit::testbed;
+
+async fn install_crd(client: kube::Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    let crd = ShopPipeline::crd();
+    let name = crd.metadata.name.clone().unwrap();
+    crds.patch(
+        &name,
+        &PatchParams::apply("shop-controller-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        await_condition(crds, &name, conditions::is_crd_established()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+}
+
+fn pipeline(name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "shopstream.dev/v1alpha1",
+        "kind": "ShopPipeline",
+        "metadata": {"name": name},
+        "spec": spec,
+    })
+}
+
+async fn create(api: &Api<kube::core::DynamicObject>, object: Value) -> Result<(), kube::Error> {
+    let object = serde_json::from_value(object).unwrap();
+    api.create(&PostParams::default(), &object)
+        .await
+        .map(|_| ())
+}
+
+fn refusal(result: Result<(), kube::Error>) -> String {
+    match result {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422, "{status:?}");
+            status.message
+        }
+        other => panic!("expected the API server to refuse, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn api_server_enforces_the_shop_pipeline_schema() {
+    let bed = testbed();
+    let client = bed.kube_client().await.unwrap();
+    install_crd(client.clone()).await;
+    let namespace = bed.namespace("crd").await.unwrap();
+    let resource = kube::core::ApiResource::erase::<ShopPipeline>(&());
+    let api: Api<kube::core::DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace.name(), &resource);
+
+    // Valid, with an unknown field that the structural schema prunes.
+    let mut valid = pipeline(
+        "demo",
+        json!({"ordersPerSecond": 20.5, "paymentFailureRatio": 0.1, "partitions": 3,
+               "replicas": {"payments": 2}, "colour": "blue"}),
+    );
+    create(&api, valid.clone()).await.unwrap();
+    let typed: Api<ShopPipeline> = Api::namespaced(client, namespace.name());
+    let stored = typed.get("demo").await.unwrap();
+    assert_eq!(stored.spec.orders_per_second, 20.5);
+    let replicas = stored.spec.replicas();
+    assert_eq!(
+        (replicas.orders, replicas.payments, replicas.notifications),
+        (1, 2, 1)
+    );
+    let raw = api.get("demo").await.unwrap();
+    assert!(
+        raw.data["spec"].get("colour").is_none(),
+        "unknown field pruned"
+    );
+
+    for (name, spec, field) in [
+        (
+            "rate-high",
+            json!({"ordersPerSecond": 100001, "paymentFailureRatio": 0.1}),
+            "ordersPerSecond",
+        ),
+        (
+            "rate-negative",
+            json!({"ordersPerSecond": -1, "paymentFailureRatio": 0.1}),
+            "ordersPerSecond",
+        ),
+        (
+            "ratio-high",
+            json!({"ordersPerSecond": 1, "paymentFailureRatio": 1.5}),
+            "paymentFailureRatio",
+        ),
+        (
+            "replicas-negative",
+            json!({"ordersPerSecond": 1, "paymentFailureRatio": 0, "replicas": {"orders": -1}}),
+            "replicas.orders",
+        ),
+        (
+            "partitions-zero",
+            json!({"ordersPerSecond": 1, "paymentFailureRatio": 0, "partitions": 0}),
+            "partitions",
+        ),
+        (
+            "rate-missing",
+            json!({"paymentFailureRatio": 0}),
+            "ordersPerSecond",
+        ),
+    ] {
+        let message = refusal(create(&api, pipeline(name, spec)).await);
+        assert!(message.contains(field), "{name}: {message}");
+    }
+
+    // CEL transition rule: partitions can grow but never shrink. (Server-side apply refuses
+    // unknown fields outright instead of pruning them.)
+    valid["spec"].as_object_mut().unwrap().remove("colour");
+    valid["spec"]["partitions"] = json!(6);
+    let grow = PatchParams::apply("shop-controller-tests").force();
+    api.patch("demo", &grow, &Patch::Apply(&valid))
+        .await
+        .unwrap();
+    valid["spec"]["partitions"] = json!(2);
+    let shrink = api
+        .patch("demo", &grow, &Patch::Apply(&valid))
+        .await
+        .map(|_| ());
+    assert!(refusal(shrink).contains("partitions can only grow"));
+}
+
+#[tokio::test]
+async fn kubectl_get_sp_shows_the_printer_columns() {
+    let bed = testbed();
+    let client = bed.kube_client().await.unwrap();
+    install_crd(client.clone()).await;
+    let namespace = bed.namespace("crd-columns").await.unwrap();
+    let resource = kube::core::ApiResource::erase::<ShopPipeline>(&());
+    let api: Api<kube::core::DynamicObject> =
+        Api::namespaced_with(client, namespace.name(), &resource);
+    create(
+        &api,
+        pipeline(
+            "demo",
+            json!({"ordersPerSecond": 20, "paymentFailureRatio": 0.1}),
+        ),
+    )
+    .await
+    .unwrap();
+
+    let output = bed
+        .command("kubectl")
+        .unwrap()
+        .args(["get", "sp", "--namespace", namespace.name()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let table = String::from_utf8(output.stdout).unwrap();
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "RATE", "FAILURE", "OBSERVED", "LAG", "READY", "AGE"]
+    );
+    assert!(
+        table.lines().nth(1).unwrap().starts_with("demo "),
+        "{table}"
+    );
+}
