@@ -68,6 +68,11 @@ pub struct Config {
     /// Name of the leader-election Lease; replicas sharing it elect one leader.
     #[arg(long, env = "LEASE_NAME", default_value = "shop-controller")]
     pub lease_name: String,
+
+    /// Seconds between sweeps of topics whose pipeline was deleted.
+    #[arg(long, env = "SWEEP_INTERVAL_SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub sweep_interval_seconds: u64,
 }
 
 impl Config {
@@ -111,9 +116,10 @@ pub enum Error {
 async fn sweep_periodically(
     ctx: Arc<Context>,
     pipelines: Api<ShopPipeline>,
+    every: std::time::Duration,
     shutdown: CancellationToken,
 ) {
-    let mut period = tokio::time::interval(crate::sweep::PERIOD);
+    let mut period = tokio::time::interval(every);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -169,9 +175,11 @@ async fn run_as_leader(
             ),
             None => (Api::all(client.clone()), Api::all(client)),
         };
+    let sweep_every = std::time::Duration::from_secs(config.sweep_interval_seconds);
     tokio::spawn(sweep_periodically(
         Arc::clone(&ctx),
         pipelines.clone(),
+        sweep_every,
         shutdown.clone(),
     ));
     let children = watcher::Config::default().labels(crate::build::PIPELINE_LABEL);

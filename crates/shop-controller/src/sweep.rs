@@ -22,9 +22,6 @@ use tracing::{info, warn};
 use crate::crd::ShopPipeline;
 use crate::reconcile::Context;
 
-/// How often the sweep runs.
-pub const PERIOD: Duration = Duration::from_secs(60);
-
 const SUFFIXES: [&str; 3] = ["orders", "payments", "dlq"];
 
 /// The pipeline key (`<namespace>/<name>`) a topic belongs to, if it is a pipeline topic.
