@@ -37,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
     let listener =
         shop_runtime::http::bind(cli.common.http_port_or(8080), CommonArgs::HTTP_PORT_HINT).await?;
     let (health, metrics) = (Health::new(), Metrics::new());
+    let controller_metrics = shop_controller::reconcile::ControllerMetrics::register(&metrics);
     let server = tokio::spawn(shop_runtime::serve(
         listener,
         health.clone(),
@@ -45,7 +46,15 @@ async fn main() -> anyhow::Result<()> {
     ));
     let client = kube::Client::try_default().await?;
     let identity = cli.common.instance();
-    shop_controller::run::run(cli.config, client, &identity, health, shutdown.clone()).await?;
+    let run = shop_controller::run::run(
+        cli.config,
+        client,
+        &identity,
+        health,
+        controller_metrics,
+        shutdown.clone(),
+    );
+    run.await?;
     shutdown.cancel();
     server.await??;
     Ok(())

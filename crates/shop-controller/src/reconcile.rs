@@ -16,11 +16,15 @@ use std::time::{Duration, Instant, SystemTime};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::{Api, Client, ResourceExt};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client, Resource, ResourceExt};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use shop_domain::ControlRecord;
 use shop_kafka::KafkaArgs;
 use shop_kafka::topics::{TopicSpec, ensure_topics};
+use shop_runtime::Metrics;
+use shop_runtime::Timer;
+use shop_runtime::metrics::{Counter, Family, Histogram, exponential_buckets};
 use tracing::{info, warn};
 
 use crate::build::{Defaults, Desired, desired};
@@ -34,9 +38,36 @@ pub const MANAGER: &str = "shop-controller";
 /// How often a healthy pipeline is looked at again (measured values, heartbeats).
 pub const REFRESH: Duration = Duration::from_secs(10);
 
+/// The controller's metrics: reconciles, failures by reason, and durations.
+#[derive(Debug, Clone)]
+pub struct ControllerMetrics {
+    reconciles: Counter,
+    failures: Family<Vec<(String, String)>, Counter>,
+    duration: Histogram,
+}
+
+impl ControllerMetrics {
+    pub fn register(metrics: &Metrics) -> Self {
+        Self {
+            reconciles: metrics.counter("controller_reconciles", "Reconciles of ShopPipelines"),
+            failures: metrics.counter_family(
+                "controller_reconcile_failures",
+                "Failed reconciles by reason",
+            ),
+            duration: metrics.histogram(
+                "controller_reconcile_duration_seconds",
+                "Duration of one reconcile",
+                exponential_buckets(0.005, 2.0, 12),
+            ),
+        }
+    }
+}
+
 /// Shared state of the reconciler.
 pub struct Context {
     pub client: Client,
+    pub metrics: ControllerMetrics,
+    recorder: Recorder,
     pub defaults: Defaults,
     /// The controller's own view of Kafka (its address may differ from the Pods').
     pub kafka: KafkaArgs,
@@ -103,6 +134,8 @@ impl Context {
         client: Client,
         defaults: Defaults,
         kafka: KafkaArgs,
+        metrics: ControllerMetrics,
+        identity: &str,
     ) -> Result<Self, shop_kafka::Error> {
         let producer: FutureProducer = kafka
             .client_config("shop-controller")
@@ -122,7 +155,13 @@ impl Context {
             .into_iter()
             .filter_map(|(key, value)| Some((key, ControlRecord::parse(&value).ok()?)))
             .collect();
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: Some(identity.into()),
+        };
         Ok(Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            metrics,
             client,
             defaults,
             kafka,
@@ -133,15 +172,37 @@ impl Context {
     }
 }
 
-/// One reconcile of `pipeline`.
+/// One reconcile of `pipeline`, instrumented: counted, timed, and a failure is counted by
+/// reason and reported as a Warning event on the resource.
 pub async fn reconcile(pipeline: Arc<ShopPipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let desired = desired(&pipeline, &ctx.defaults)?;
-    let applied = apply(&pipeline, &desired, &ctx).await;
-    let mut observations = observe(&pipeline, &desired, &ctx).await;
+    let _timer = Timer::start(&ctx.metrics.duration);
+    ctx.metrics.reconciles.inc();
+    let result = reconcile_steps(&pipeline, &ctx).await;
+    if let Err(error) = &result {
+        ctx.metrics
+            .failures
+            .get_or_create(&vec![("reason".into(), error.reason().into())])
+            .inc();
+        event(
+            &ctx,
+            &pipeline,
+            EventType::Warning,
+            error.reason(),
+            error.to_string(),
+        )
+        .await;
+    }
+    result
+}
+
+async fn reconcile_steps(pipeline: &ShopPipeline, ctx: &Context) -> Result<Action, Error> {
+    let desired = desired(pipeline, &ctx.defaults)?;
+    let applied = apply(pipeline, &desired, ctx).await;
+    let mut observations = observe(pipeline, &desired, ctx).await;
     if let Err(error) = &applied {
         observations.error = Some((error.reason().to_owned(), error.to_string()));
     }
-    write_status(&pipeline, &observations, &ctx).await?;
+    write_status(pipeline, &observations, ctx).await?;
     applied.map(|()| Action::requeue(REFRESH))
 }
 
@@ -224,7 +285,14 @@ async fn publish_control(
         paused = record.paused,
         "published control record"
     );
+    let note = format!(
+        "generation {generation}: {} orders/s, failure ratio {}, {}",
+        record.orders_per_second,
+        record.payment_failure_ratio,
+        if record.paused { "paused" } else { "running" }
+    );
     lock(&ctx.published).insert(desired.pipeline_key.clone(), record);
+    event(ctx, pipeline, EventType::Normal, "ControlPublished", note).await;
     Ok(())
 }
 
@@ -352,6 +420,30 @@ pub fn error_policy(pipeline: Arc<ShopPipeline>, error: &Error, _ctx: Arc<Contex
     match error {
         Error::Build(_) => Action::await_change(),
         _ => Action::requeue(Duration::from_secs(5)),
+    }
+}
+
+/// Records an event on the pipeline; an event that cannot be written is only logged.
+async fn event(
+    ctx: &Context,
+    pipeline: &ShopPipeline,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx
+        .recorder
+        .publish(&event, &pipeline.object_ref(&()))
+        .await
+    {
+        warn!(pipeline = %pipeline.name_any(), %error, "event not recorded");
     }
 }
 

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use crate::build::Defaults;
 use crate::crd::ShopPipeline;
 use crate::leader::Elector;
-use crate::reconcile::{Context, error_policy, reconcile};
+use crate::reconcile::{Context, ControllerMetrics, error_policy, reconcile};
 
 /// Settings of the controller; each is a flag with an environment fallback.
 #[derive(clap::Args, Debug, Clone)]
@@ -138,6 +138,7 @@ pub async fn run(
     client: Client,
     identity: &str,
     health: Health,
+    metrics: ControllerMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let elector = Elector::new(
@@ -150,7 +151,15 @@ pub async fn run(
     let Some(leading) = elector.lead(shutdown.clone()).await else {
         return Ok(());
     };
-    let result = run_as_leader(config, client, health.clone(), leading.clone()).await;
+    let result = run_as_leader(
+        config,
+        client,
+        identity,
+        health.clone(),
+        metrics,
+        leading.clone(),
+    )
+    .await;
     leading.cancel();
     if !shutdown.is_cancelled() && result.is_ok() {
         return Err(Error::LostLeadership);
@@ -161,12 +170,15 @@ pub async fn run(
 async fn run_as_leader(
     config: Config,
     client: Client,
+    identity: &str,
     health: Health,
+    metrics: ControllerMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let kafka = config.kafka();
     ensure_topics(&kafka, &control_plane_topics(&kafka)).await?;
-    let ctx = Arc::new(Context::new(client.clone(), config.defaults(), kafka).await?);
+    let ctx =
+        Arc::new(Context::new(client.clone(), config.defaults(), kafka, metrics, identity).await?);
     let (pipelines, deployments): (Api<ShopPipeline>, Api<Deployment>) =
         match &config.watch_namespace {
             Some(ns) => (

@@ -16,8 +16,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use shop_controller::crd::{ShopPipeline, ShopPipelineSpec};
+use shop_controller::reconcile::ControllerMetrics;
 use shop_domain::ControlRecord;
-use shop_runtime::{CancellationToken, Health};
+use shop_runtime::{CancellationToken, Health, Metrics};
 use shop_testkit::{TestTopic, testbed, unique_name};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -55,7 +56,9 @@ impl Controller {
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         let task = tokio::spawn(async move {
-            shop_controller::run::run(args.config, client, "test-controller", Health::new(), stop)
+            let metrics = ControllerMetrics::register(&Metrics::new());
+            let identity = "test-controller";
+            shop_controller::run::run(args.config, client, identity, Health::new(), metrics, stop)
                 .await
                 .unwrap();
         });
