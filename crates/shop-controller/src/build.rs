@@ -17,6 +17,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
+use shop_domain::ControlRecord;
+
 use crate::crd::ShopPipeline;
 
 /// Label carrying the pipeline name on every child object.
@@ -149,6 +151,45 @@ pub fn desired(pipeline: &ShopPipeline, defaults: &Defaults) -> Result<Desired, 
         partitions: pipeline.spec.partitions(),
         deployments,
     })
+}
+
+/// Field of a control record that carries the pipeline's total order rate.
+pub const PIPELINE_RATE_FIELD: &str = "pipeline_orders_per_second";
+
+/// The control record for `pipeline`'s tuning. Every order-service replica applies the
+/// record's rate, so the pipeline's rate is split across the replicas; the total is kept
+/// in the record too, for whoever reads it.
+pub fn control_record(pipeline: &ShopPipeline, generation: u64) -> ControlRecord {
+    let spec = &pipeline.spec;
+    let replicas = spec.replicas().orders.max(1);
+    let mut extra = serde_json::Map::new();
+    extra.insert(PIPELINE_RATE_FIELD.into(), spec.orders_per_second.into());
+    extra.insert("order_replicas".into(), replicas.into());
+    ControlRecord {
+        generation,
+        orders_per_second: spec.orders_per_second / f64::from(replicas),
+        payment_failure_ratio: spec.payment_failure_ratio,
+        paused: spec.paused,
+        seed: spec.seed.unwrap_or_default(),
+        extra,
+    }
+}
+
+/// Whether two control records carry the same tuning (generations aside).
+pub fn same_tuning(a: &ControlRecord, b: &ControlRecord) -> bool {
+    a.orders_per_second == b.orders_per_second
+        && a.payment_failure_ratio == b.payment_failure_ratio
+        && a.paused == b.paused
+        && a.seed == b.seed
+}
+
+/// The pipeline's total order rate as published in `record`.
+pub fn pipeline_rate(record: &ControlRecord) -> f64 {
+    record
+        .extra
+        .get(PIPELINE_RATE_FIELD)
+        .and_then(|v| v.as_f64())
+        .unwrap_or(record.orders_per_second)
 }
 
 /// Name of a service's Deployment: `<pipeline>-<service>`.
@@ -415,6 +456,26 @@ mod tests {
             desired(&after, &defaults()).unwrap(),
         );
         assert_eq!(before.deployments, after.deployments);
+    }
+
+    #[test]
+    fn the_rate_is_split_across_order_replicas() {
+        let mut pipeline = fixture("demo.yaml");
+        pipeline.spec.replicas = Some(crate::crd::Replicas {
+            orders: 4,
+            payments: 1,
+            notifications: 1,
+        });
+        let record = control_record(&pipeline, 3);
+        assert_eq!((record.generation, record.orders_per_second), (3, 5.0));
+        assert_eq!(pipeline_rate(&record), 20.0);
+        assert_eq!(record.seed, 42);
+        pipeline.spec.replicas = Some(crate::crd::Replicas {
+            orders: 0,
+            payments: 1,
+            notifications: 1,
+        });
+        assert_eq!(control_record(&pipeline, 3).orders_per_second, 20.0);
     }
 
     #[test]

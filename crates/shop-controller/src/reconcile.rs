@@ -242,15 +242,12 @@ async fn publish_control(
     desired: &Desired,
     ctx: &Context,
 ) -> Result<(), Error> {
-    let spec = &pipeline.spec;
     let current = lock(&ctx.published).get(&desired.pipeline_key).cloned();
-    let unchanged = current.as_ref().is_some_and(|r| {
-        r.orders_per_second == spec.orders_per_second
-            && r.payment_failure_ratio == spec.payment_failure_ratio
-            && r.paused == spec.paused
-            && r.seed == spec.seed.unwrap_or_default()
-    });
-    if unchanged {
+    let wanted = crate::build::control_record(pipeline, 0);
+    if current
+        .as_ref()
+        .is_some_and(|r| crate::build::same_tuning(r, &wanted))
+    {
         return Ok(());
     }
     let generation = u64::try_from(pipeline.metadata.generation.unwrap_or(1)).unwrap_or(1);
@@ -258,11 +255,7 @@ async fn publish_control(
     let generation = generation.max(current.as_ref().map_or(0, |r| r.generation + 1));
     let record = ControlRecord {
         generation,
-        orders_per_second: spec.orders_per_second,
-        payment_failure_ratio: spec.payment_failure_ratio,
-        paused: spec.paused,
-        seed: spec.seed.unwrap_or_default(),
-        extra: Default::default(),
+        ..wanted
     };
     let payload = record.to_json();
     ctx.producer
@@ -280,14 +273,14 @@ async fn publish_control(
     info!(
         pipeline = %desired.pipeline_key,
         generation,
-        orders_per_second = record.orders_per_second,
+        orders_per_second = crate::build::pipeline_rate(&record),
         payment_failure_ratio = record.payment_failure_ratio,
         paused = record.paused,
         "published control record"
     );
     let note = format!(
         "generation {generation}: {} orders/s, failure ratio {}, {}",
-        record.orders_per_second,
+        crate::build::pipeline_rate(&record),
         record.payment_failure_ratio,
         if record.paused { "paused" } else { "running" }
     );
@@ -312,7 +305,7 @@ async fn observe(pipeline: &ShopPipeline, desired: &Desired, ctx: &Context) -> O
         (
             r.generation,
             Effective {
-                orders_per_second: r.orders_per_second,
+                orders_per_second: crate::build::pipeline_rate(r),
                 payment_failure_ratio: r.payment_failure_ratio,
                 paused: r.paused,
             },
