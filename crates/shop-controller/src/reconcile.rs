@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -97,6 +99,10 @@ struct Sample {
 /// Errors of one reconcile, by step.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("reading ShopPipeline {name}: {source}")]
+    Read { name: String, source: kube::Error },
+    #[error("ShopPipeline {name} is not readable: {message}")]
+    Invalid { name: String, message: String },
     #[error("building the desired objects: {0}")]
     Build(#[from] crate::build::BuildError),
     #[error("applying {kind} {name}: {source}")]
@@ -121,6 +127,8 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::Build(_) => "InvalidSpec",
+            Error::Invalid { .. } => "InvalidObject",
+            Error::Read { .. } => "ReadFailed",
             Error::Apply { .. } => "ApplyFailed",
             Error::Kafka(_) | Error::Publish { .. } => "KafkaUnavailable",
             Error::Status { .. } => "StatusWriteFailed",
@@ -174,10 +182,21 @@ impl Context {
 
 /// One reconcile of `pipeline`, instrumented: counted, timed, and a failure is counted by
 /// reason and reported as a Warning event on the resource.
-pub async fn reconcile(pipeline: Arc<ShopPipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
+///
+/// The watch delivers only metadata ([`PartialObjectMeta`]), so a stored object whose spec
+/// this version cannot read does not break the watch of every other pipeline: it is read
+/// here, alone, and reported as `Degraded` with reason `InvalidObject`.
+pub async fn reconcile(
+    meta: Arc<PartialObjectMeta<ShopPipeline>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let _timer = Timer::start(&ctx.metrics.duration);
     ctx.metrics.reconciles.inc();
-    let result = reconcile_steps(&pipeline, &ctx).await;
+    let result = match read(&meta, &ctx).await {
+        Ok(Some(pipeline)) => reconcile_steps(&pipeline, &ctx).await,
+        Ok(None) => Ok(Action::await_change()),
+        Err(error) => Err(error),
+    };
     if let Err(error) = &result {
         ctx.metrics
             .failures
@@ -185,7 +204,7 @@ pub async fn reconcile(pipeline: Arc<ShopPipeline>, ctx: Arc<Context>) -> Result
             .inc();
         event(
             &ctx,
-            &pipeline,
+            &meta.object_ref(&()),
             EventType::Warning,
             error.reason(),
             error.to_string(),
@@ -193,6 +212,36 @@ pub async fn reconcile(pipeline: Arc<ShopPipeline>, ctx: Arc<Context>) -> Result
         .await;
     }
     result
+}
+
+/// Read: the full object, or `None` when it is gone. An object that cannot be read as a
+/// ShopPipeline gets a Degraded status and waits for a change.
+async fn read(
+    meta: &PartialObjectMeta<ShopPipeline>,
+    ctx: &Context,
+) -> Result<Option<ShopPipeline>, Error> {
+    let name = meta.name_any();
+    let namespace = meta.namespace().unwrap_or_default();
+    let api: Api<ShopPipeline> = Api::namespaced(ctx.client.clone(), &namespace);
+    match api.get_opt(&name).await {
+        Ok(found) => Ok(found),
+        Err(kube::Error::SerdeError(error)) => {
+            let message = format!("cannot read spec: {error}");
+            let now = shop_domain::time::rfc3339(SystemTime::now());
+            let status = crate::status::invalid(meta.metadata.generation, &message, &now);
+            // Server-side apply cannot type an object whose spec does not fit the schema;
+            // a merge patch of the status alone can.
+            let patch = serde_json::json!({ "status": status });
+            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|source| Error::Status {
+                    name: name.clone(),
+                    source,
+                })?;
+            Err(Error::Invalid { name, message })
+        }
+        Err(source) => Err(Error::Read { name, source }),
+    }
 }
 
 async fn reconcile_steps(pipeline: &ShopPipeline, ctx: &Context) -> Result<Action, Error> {
@@ -285,7 +334,8 @@ async fn publish_control(
         if record.paused { "paused" } else { "running" }
     );
     lock(&ctx.published).insert(desired.pipeline_key.clone(), record);
-    event(ctx, pipeline, EventType::Normal, "ControlPublished", note).await;
+    let object = pipeline.object_ref(&());
+    event(ctx, &object, EventType::Normal, "ControlPublished", note).await;
     Ok(())
 }
 
@@ -408,10 +458,14 @@ async fn write_status(
 }
 
 /// Requeue policy on error: invalid specs wait for a change, everything else retries.
-pub fn error_policy(pipeline: Arc<ShopPipeline>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(
+    pipeline: Arc<PartialObjectMeta<ShopPipeline>>,
+    error: &Error,
+    _ctx: Arc<Context>,
+) -> Action {
     warn!(pipeline = %pipeline.name_any(), reason = error.reason(), %error, "reconcile failed");
     match error {
-        Error::Build(_) => Action::await_change(),
+        Error::Build(_) | Error::Invalid { .. } => Action::await_change(),
         _ => Action::requeue(Duration::from_secs(5)),
     }
 }
@@ -419,7 +473,7 @@ pub fn error_policy(pipeline: Arc<ShopPipeline>, error: &Error, _ctx: Arc<Contex
 /// Records an event on the pipeline; an event that cannot be written is only logged.
 async fn event(
     ctx: &Context,
-    pipeline: &ShopPipeline,
+    object: &ObjectReference,
     type_: EventType,
     reason: &str,
     note: String,
@@ -431,12 +485,8 @@ async fn event(
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(error) = ctx
-        .recorder
-        .publish(&event, &pipeline.object_ref(&()))
-        .await
-    {
-        warn!(pipeline = %pipeline.name_any(), %error, "event not recorded");
+    if let Err(error) = ctx.recorder.publish(&event, object).await {
+        warn!(object = ?object.name, %error, "event not recorded");
     }
 }
 

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use kube::core::PartialObjectMeta;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 use shop_domain::control::{CONTROL_TOPIC, HEARTBEAT_TOPIC, ID_BLOCK_TOPIC};
@@ -179,14 +180,24 @@ async fn run_as_leader(
     ensure_topics(&kafka, &control_plane_topics(&kafka)).await?;
     let ctx =
         Arc::new(Context::new(client.clone(), config.defaults(), kafka, metrics, identity).await?);
-    let (pipelines, deployments): (Api<ShopPipeline>, Api<Deployment>) =
-        match &config.watch_namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client, ns),
-            ),
-            None => (Api::all(client.clone()), Api::all(client)),
-        };
+    // Pipelines are watched as metadata only; reconcile reads each object by itself (see
+    // `reconcile`), so one unreadable object cannot stop the watch.
+    let (pipelines, metas, deployments): (
+        Api<ShopPipeline>,
+        Api<PartialObjectMeta<ShopPipeline>>,
+        Api<Deployment>,
+    ) = match &config.watch_namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client, ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client),
+        ),
+    };
     let sweep_every = std::time::Duration::from_secs(config.sweep_interval_seconds);
     tokio::spawn(sweep_periodically(
         Arc::clone(&ctx),
@@ -201,7 +212,7 @@ async fn run_as_leader(
     );
     health.set_ready(true, "");
     let stop = shutdown.clone();
-    Controller::new(pipelines, watcher::Config::default().any_semantic())
+    Controller::new(metas, watcher::Config::default().any_semantic())
         .owns(deployments, children)
         .graceful_shutdown_on(async move { stop.cancelled().await })
         .run(reconcile, error_policy, ctx)

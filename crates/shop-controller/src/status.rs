@@ -99,6 +99,16 @@ pub fn status(
     }
 }
 
+/// The status of an object that cannot be read as a ShopPipeline.
+pub fn invalid(generation: Option<i64>, message: &str, now: &str) -> ShopPipelineStatus {
+    let observations = Observations {
+        generation,
+        error: Some(("InvalidObject".to_owned(), message.to_owned())),
+        ..Observations::default()
+    };
+    status(&observations, None, now)
+}
+
 /// Applied: every live replica reports the published control generation.
 fn applied(observations: &Observations) -> (&'static str, String, String) {
     let Some((generation, _)) = &observations.effective else {

@@ -4,95 +4,20 @@
 //! pipeline collects its Deployments and sweeps its topics.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
-use kube::{Api, CustomResourceExt};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use shop_controller::crd::{ShopPipeline, ShopPipelineSpec};
-use shop_controller::reconcile::ControllerMetrics;
 use shop_domain::ControlRecord;
-use shop_runtime::{CancellationToken, Health, Metrics};
-use shop_testkit::{TestTopic, testbed, unique_name};
-
-const TIMEOUT: Duration = Duration::from_secs(60);
-
-#[derive(Parser)]
-struct Args {
-    #[command(flatten)]
-    config: shop_controller::run::Config,
-}
-
-struct Controller {
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Controller {
-    async fn start(namespace: &str, control: &TestTopic, heartbeats: &TestTopic) -> Self {
-        let bed = testbed();
-        let args = Args::parse_from([
-            "shop-controller",
-            "--bootstrap-servers",
-            bed.kafka_bootstrap(),
-            "--control-topic",
-            control.name(),
-            "--heartbeat-topic",
-            heartbeats.name(),
-            "--watch-namespace",
-            namespace,
-            "--leader-election-namespace",
-            namespace,
-            "--sweep-interval-seconds",
-            "1",
-        ]);
-        let client = bed.kube_client().await.unwrap();
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        let task = tokio::spawn(async move {
-            let metrics = ControllerMetrics::register(&Metrics::new());
-            let identity = "test-controller";
-            shop_controller::run::run(args.config, client, identity, Health::new(), metrics, stop)
-                .await
-                .unwrap();
-        });
-        Self { shutdown, task }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(TIMEOUT, self.task)
-            .await
-            .unwrap()
-            .unwrap();
-    }
-}
-
-async fn install_crd(client: kube::Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client);
-    let crd = ShopPipeline::crd();
-    let name = crd.metadata.name.clone().unwrap();
-    crds.patch(
-        &name,
-        &PatchParams::apply("shop-controller-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .unwrap();
-    tokio::time::timeout(
-        TIMEOUT,
-        await_condition(crds, &name, conditions::is_crd_established()),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-}
+use shop_testkit::{testbed, unique_name};
+use support::{Controller, TIMEOUT, eventually, install_crd};
 
 /// Every record (not only the latest) under `key` in `topic`, in order.
 fn records_under(topic: &str, key: &str) -> Vec<Option<ControlRecord>> {
@@ -119,17 +44,6 @@ fn records_under(topic: &str, key: &str) -> Vec<Option<ControlRecord>> {
         }
     }
     panic!("{topic} not read to its end");
-}
-
-async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 fn topic_partitions(topic: &str) -> Option<usize> {
