@@ -118,17 +118,23 @@ fn applied(observations: &Observations) -> (&'static str, String, String) {
             "no control record published yet".into(),
         );
     };
-    if observations.live_heartbeats.is_empty() {
+    // notification-service takes no control records, so its heartbeats carry no
+    // generation; only the replicas that apply records can be behind.
+    let appliers: Vec<&Heartbeat> = observations
+        .live_heartbeats
+        .iter()
+        .filter(|h| h.applied_generation.is_some())
+        .collect();
+    if appliers.is_empty() {
         return (
             "False",
             "NoLiveReplicas".into(),
             "no replica has reported a heartbeat".into(),
         );
     }
-    let behind: Vec<String> = observations
-        .live_heartbeats
+    let behind: Vec<String> = appliers
         .iter()
-        .filter(|h| h.applied_generation.is_none_or(|g| g < *generation))
+        .filter(|h| h.applied_generation.is_some_and(|g| g < *generation))
         .map(|h| format!("{}/{}", h.service, h.instance))
         .collect();
     if behind.is_empty() {
@@ -137,7 +143,7 @@ fn applied(observations: &Observations) -> (&'static str, String, String) {
             "AllReplicasApplied".into(),
             format!(
                 "{} live replicas applied generation {generation}",
-                observations.live_heartbeats.len()
+                appliers.len()
             ),
         )
     } else {
@@ -232,6 +238,24 @@ mod tests {
         );
         assert!(applied.message.contains("payment-service/pod-1"));
         assert_eq!(get(&status, "Ready").status, "False");
+    }
+
+    #[test]
+    fn replicas_without_a_generation_do_not_hold_applied_back() {
+        let obs = running(
+            3,
+            vec![
+                heartbeat("order-service", Some(3)),
+                heartbeat("notification-service", None),
+            ],
+        );
+        let status = status(&obs, None, "t0");
+        assert_eq!(get(&status, "Applied").status, "True");
+        let only_notifications = running(3, vec![heartbeat("notification-service", None)]);
+        assert_eq!(
+            get(&super::status(&only_notifications, None, "t0"), "Applied").reason,
+            "NoLiveReplicas"
+        );
     }
 
     #[test]

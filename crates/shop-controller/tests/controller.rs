@@ -55,7 +55,7 @@ fn topic_partitions(topic: &str) -> Option<usize> {
     (found.error().is_none() && !found.partitions().is_empty()).then(|| found.partitions().len())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipeline_is_created_tuned_restarted_and_deleted() {
     let bed = testbed();
     let client = bed.kube_client().await.unwrap();

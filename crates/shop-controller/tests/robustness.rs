@@ -19,7 +19,7 @@ use shop_controller::crd::ShopPipeline;
 use shop_testkit::testbed;
 use support::{Controller, eventually, install_crd};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_pipeline_is_degraded_and_does_not_stop_the_others() {
     let bed = testbed();
     let client = bed.kube_client().await.unwrap();

@@ -28,6 +28,7 @@ pub struct Controller {
 
 impl Controller {
     pub async fn start(namespace: &str, control: &TestTopic, heartbeats: &TestTopic) -> Self {
+        shop_runtime::telemetry::init_for_tests();
         let bed = testbed();
         let args = Args::parse_from([
             "shop-controller",
