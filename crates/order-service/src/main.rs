@@ -1,0 +1,46 @@
+//! The order-service binary: parse flags, start logging and the probe server, run.
+
+use clap::Parser;
+use order_service::{Config, Settings};
+use shop_kafka::KafkaArgs;
+use shop_runtime::{CancellationToken, CommonArgs, Health, Metrics, http};
+
+/// Generates shop orders at a live-controlled rate and writes them to Kafka.
+#[derive(Parser, Debug)]
+#[command(name = "order-service", version, about)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    config: Config,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    shop_runtime::telemetry::init(cli.common.log_format)?;
+    let shutdown = shop_runtime::signal_token();
+    let listener = http::bind(cli.common.http_port_or(8081), CommonArgs::HTTP_PORT_HINT).await?;
+    let settings = Settings {
+        kafka: cli.kafka,
+        config: cli.config,
+        instance: cli.common.instance(),
+        metrics: Metrics::new(),
+        health: Health::new(),
+    };
+    // Probes keep answering while the service drains; the server stops after it.
+    let server_stop = CancellationToken::new();
+    let server = tokio::spawn(shop_runtime::serve(
+        listener,
+        settings.health.clone(),
+        settings.metrics.clone(),
+        server_stop.clone(),
+    ));
+    let result = order_service::run(settings, shutdown).await;
+    server_stop.cancel();
+    let served = server.await;
+    result?;
+    Ok(served??)
+}

@@ -1,0 +1,326 @@
+//! What shopctl prints. Pure functions of records and status, so the output is tested
+//! without a broker and `main` only chooses one and prints it.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use shop_domain::ControlRecord;
+
+use crate::status::{Replica, Status};
+
+/// `rate 50/s, failure ratio 0.2, running, seed 0`.
+pub fn settings(record: &ControlRecord) -> String {
+    format!(
+        "rate {}/s, failure ratio {}, {}, seed {}",
+        record.orders_per_second,
+        record.payment_failure_ratio,
+        if record.paused { "paused" } else { "running" },
+        record.seed
+    )
+}
+
+/// The confirmation of `shopctl set`:
+/// `pipeline demo: generation 3 written (rate 50/s, failure ratio 0.2, running, seed 0)`.
+pub fn written(pipeline: &str, record: &ControlRecord) -> String {
+    format!(
+        "pipeline {pipeline}: generation {} written ({})",
+        record.generation,
+        settings(record)
+    )
+}
+
+const HEADERS: [&str; 7] = [
+    "SERVICE",
+    "INSTANCE",
+    "GENERATION",
+    "RATE/RATIO",
+    "PAUSED",
+    "AGE",
+    "COUNTERS",
+];
+
+/// The status as people read it: the desired record, then a table of replicas, then any
+/// problems. Ends with a newline.
+pub fn status_table(status: &Status) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail; results are ignored for that reason.
+    match &status.desired {
+        Some(record) => {
+            let _ = writeln!(
+                out,
+                "pipeline {}: desired generation {} ({})",
+                status.pipeline,
+                record.generation,
+                settings(record)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "pipeline {}: no control record; services run on their flags (write one with `shopctl set`)",
+                status.pipeline
+            );
+        }
+    }
+    if status.replicas.is_empty() {
+        let _ = writeln!(
+            out,
+            "no replica of pipeline {} has a heartbeat",
+            status.pipeline
+        );
+    } else {
+        let rows: Vec<[String; 7]> = status
+            .replicas
+            .iter()
+            .map(|replica| row(replica, status))
+            .collect();
+        let mut widths = HEADERS.map(str::len);
+        for row in &rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        let headers = HEADERS.map(str::to_owned);
+        for cells in std::iter::once(&headers).chain(&rows) {
+            let mut line = String::new();
+            for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+                if i + 1 == cells.len() {
+                    line.push_str(cell);
+                } else {
+                    let _ = write!(line, "{cell:<width$}  ");
+                }
+            }
+            let _ = writeln!(out, "{}", line.trim_end());
+        }
+    }
+    for problem in &status.problems {
+        let _ = writeln!(out, "warning: {problem}");
+    }
+    out
+}
+
+fn row(replica: &Replica, status: &Status) -> [String; 7] {
+    let beat = &replica.heartbeat;
+    let generation = match (beat.applied_generation, &status.desired) {
+        (Some(applied), Some(desired)) if replica.is_behind(Some(desired)) => {
+            format!("{applied} (behind {})", desired.generation)
+        }
+        (Some(applied), _) => applied.to_string(),
+        (None, _) => "-".to_owned(),
+    };
+    let settings: Vec<String> = [
+        beat.orders_per_second.map(|rate| format!("{rate}/s")),
+        beat.payment_failure_ratio.map(|ratio| ratio.to_string()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let paused = match beat.paused {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "-",
+    };
+    let age = match replica.age {
+        Some(age) if replica.is_stale() => format!("{} (stale)", short_duration(age)),
+        Some(age) => short_duration(age),
+        None => "?".to_owned(),
+    };
+    let counters: Vec<String> = beat
+        .counters
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    [
+        replica.service.clone(),
+        replica.instance.clone(),
+        generation,
+        or_dash(settings.join(" ")),
+        paused.to_owned(),
+        age,
+        or_dash(counters.join(" ")),
+    ]
+}
+
+fn or_dash(text: String) -> String {
+    if text.is_empty() {
+        "-".to_owned()
+    } else {
+        text
+    }
+}
+
+/// `42s`, `5m`, `3h`, `2d`: the largest whole unit, as kubectl shows ages.
+pub fn short_duration(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3_600 => format!("{}m", secs / 60),
+        3_600..86_400 => format!("{}h", secs / 3_600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
+/// The status for scripts: `{"pipeline", "desired", "replicas": [...], "problems"}`, with
+/// each replica's heartbeat fields plus `age_seconds`, `behind` and `stale`.
+pub fn status_json(status: &Status) -> Value {
+    let desired = status.desired.as_ref().map(|record| {
+        json!({
+            "generation": record.generation,
+            "orders_per_second": record.orders_per_second,
+            "payment_failure_ratio": record.payment_failure_ratio,
+            "paused": record.paused,
+            "seed": record.seed,
+        })
+    });
+    let replicas: Vec<Value> = status
+        .replicas
+        .iter()
+        .map(|replica| {
+            let beat = &replica.heartbeat;
+            json!({
+                "service": replica.service,
+                "instance": replica.instance,
+                "applied_generation": beat.applied_generation,
+                "orders_per_second": beat.orders_per_second,
+                "payment_failure_ratio": beat.payment_failure_ratio,
+                "paused": beat.paused,
+                "counters": beat.counters,
+                "timestamp": beat.timestamp,
+                "age_seconds": replica.age.map(|age| age.as_secs_f64()),
+                "behind": replica.is_behind(status.desired.as_ref()),
+                "stale": replica.is_stale(),
+            })
+        })
+        .collect();
+    json!({
+        "pipeline": status.pipeline,
+        "desired": desired,
+        "replicas": replicas,
+        "problems": status.problems,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use shop_domain::Heartbeat;
+
+    use super::*;
+
+    fn record(generation: u64) -> ControlRecord {
+        ControlRecord {
+            generation,
+            orders_per_second: 50.0,
+            payment_failure_ratio: 0.2,
+            ..crate::change::defaults()
+        }
+    }
+
+    fn replica(service: &str, instance: &str, applied: Option<u64>, age: u64) -> Replica {
+        Replica {
+            service: service.into(),
+            instance: instance.into(),
+            heartbeat: Heartbeat {
+                pipeline: "demo".into(),
+                service: service.into(),
+                instance: instance.into(),
+                applied_generation: applied,
+                counters: BTreeMap::from([("sent".into(), 10), ("failed".into(), 1)]),
+                timestamp: "2025-01-02T03:04:05.000Z".into(),
+                ..Heartbeat::default()
+            },
+            age: Some(Duration::from_secs(age)),
+        }
+    }
+
+    fn status() -> Status {
+        let mut order = replica("order-service", "order-0", Some(3), 1);
+        order.heartbeat.orders_per_second = Some(50.0);
+        order.heartbeat.paused = Some(false);
+        let mut payment = replica("payment-service", "payment-1", Some(2), 75);
+        payment.heartbeat.payment_failure_ratio = Some(0.1);
+        let mut notification = replica("notification-service", "n", None, 0);
+        notification.heartbeat.counters.clear();
+        Status {
+            pipeline: "demo".into(),
+            desired: Some(record(3)),
+            replicas: vec![order, payment, notification],
+            problems: vec!["the heartbeat x is invalid: y".into()],
+        }
+    }
+
+    #[test]
+    fn written_line_says_generation_and_settings() {
+        assert_eq!(
+            written("demo", &record(3)),
+            "pipeline demo: generation 3 written (rate 50/s, failure ratio 0.2, running, seed 0)"
+        );
+        let paused = ControlRecord {
+            paused: true,
+            orders_per_second: 0.5,
+            seed: 42,
+            ..record(1)
+        };
+        assert_eq!(
+            settings(&paused),
+            "rate 0.5/s, failure ratio 0.2, paused, seed 42"
+        );
+    }
+
+    #[test]
+    fn status_table_aligns_columns_and_marks_replicas_behind_and_stale() {
+        let expected = "\
+pipeline demo: desired generation 3 (rate 50/s, failure ratio 0.2, running, seed 0)
+SERVICE               INSTANCE   GENERATION    RATE/RATIO  PAUSED  AGE         COUNTERS
+order-service         order-0    3             50/s        no      1s          failed=1 sent=10
+payment-service       payment-1  2 (behind 3)  0.1         -       1m (stale)  failed=1 sent=10
+notification-service  n          -             -           -       0s          -
+warning: the heartbeat x is invalid: y
+";
+        assert_eq!(status_table(&status()), expected);
+    }
+
+    #[test]
+    fn status_table_without_record_or_replicas_says_so() {
+        let empty = Status {
+            pipeline: "demo".into(),
+            desired: None,
+            replicas: vec![],
+            problems: vec![],
+        };
+        let text = status_table(&empty);
+        assert!(text.contains("pipeline demo: no control record"), "{text}");
+        assert!(
+            text.contains("no replica of pipeline demo has a heartbeat"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn status_json_has_the_record_and_each_replica() {
+        let json = status_json(&status());
+        assert_eq!(json["pipeline"], "demo");
+        assert_eq!(json["desired"]["generation"], 3);
+        assert_eq!(json["replicas"][1]["service"], "payment-service");
+        assert_eq!(json["replicas"][1]["behind"], true);
+        assert_eq!(json["replicas"][1]["stale"], true);
+        assert_eq!(json["replicas"][1]["age_seconds"], 75.0);
+        assert_eq!(json["replicas"][0]["counters"]["sent"], 10);
+        assert_eq!(json["replicas"][2]["applied_generation"], Value::Null);
+    }
+
+    #[test]
+    fn ages_use_the_largest_whole_unit() {
+        for (secs, shown) in [
+            (0, "0s"),
+            (59, "59s"),
+            (60, "1m"),
+            (7_200, "2h"),
+            (200_000, "2d"),
+        ] {
+            assert_eq!(short_duration(Duration::from_secs(secs)), shown);
+        }
+    }
+}

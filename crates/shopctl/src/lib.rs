@@ -1,0 +1,33 @@
+//! shopctl: the control loop of a shopstream pipeline without Kubernetes.
+//!
+//! `shopctl set` publishes a pipeline's control record (rate, failure ratio, pause, seed)
+//! the way the controller does, on the same compacted topic, so services run by hand or in
+//! tests are tuned live; `shopctl status` shows the desired record next to what every
+//! replica reports in its heartbeat. The decisions (merging a change into the current
+//! record, building the status from the two topics, printing) are pure functions, tested
+//! without a broker; only [`set`] and [`status`] talk to Kafka.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the command line ([`Cli`]): global Kafka flags and the `set` and `status`
+//!   subcommands.
+//! - [`change`]: [`Change`], a partial update, and how it becomes the next record.
+//! - [`status`]: [`Status`] and [`Replica`], built from the control and heartbeat tables.
+//! - [`format`]: what `shopctl` prints: a line per write, a table or JSON for status.
+//! - [`ops`]: [`set`] and [`status`], the Kafka side.
+//! - [`error`]: the crate's [`Error`].
+
+#![forbid(unsafe_code)]
+
+pub mod change;
+pub mod cli;
+pub mod error;
+pub mod format;
+pub mod ops;
+pub mod status;
+
+pub use change::Change;
+pub use cli::Cli;
+pub use error::{Error, Result};
+pub use ops::{set, status};
+pub use status::{Replica, Status};

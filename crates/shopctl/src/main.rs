@@ -1,0 +1,25 @@
+//! `shopctl`: parses the command line, runs the subcommand and prints its result.
+
+use clap::Parser;
+use shopctl::cli::{Command, Output};
+use shopctl::{Cli, format};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    shop_runtime::telemetry::init(shop_runtime::LogFormat::Text)?;
+    match cli.command {
+        Command::Set(args) => {
+            let record = shopctl::set(&cli.kafka, args.change()).await?;
+            println!("{}", format::written(&cli.kafka.pipeline, &record));
+        }
+        Command::Status(args) => {
+            let status = shopctl::status(&cli.kafka).await?;
+            match args.output {
+                Output::Table => print!("{}", format::status_table(&status)),
+                Output::Json => println!("{:#}", format::status_json(&status)),
+            }
+        }
+    }
+    Ok(())
+}
