@@ -40,10 +40,12 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-"$target/debug/order-service" --orders-per-second "${DEMO_ORDERS_PER_SECOND:-5}" \
+# Each service runs in its own session: Ctrl-C reaches only this script, which then stops
+# every service once with SIGTERM, so each drains and exits cleanly.
+setsid "$target/debug/order-service" --orders-per-second "${DEMO_ORDERS_PER_SECOND:-5}" \
   >"$logs/order-service.log" 2>&1 &
 pids+=($!)
-"$target/debug/payment-service" --failure-ratio "${DEMO_FAILURE_RATIO:-0.2}" \
+setsid "$target/debug/payment-service" --failure-ratio "${DEMO_FAILURE_RATIO:-0.2}" \
   >"$logs/payment-service.log" 2>&1 &
 pids+=($!)
 
@@ -54,6 +56,6 @@ cat >&2 <<MSG
       $target/debug/shopctl --bootstrap-servers $KAFKA_BOOTSTRAP_SERVERS status
     Ctrl-C stops everything.
 MSG
-"$target/debug/notification-service" 2>"$logs/notification-service.log" &
+setsid "$target/debug/notification-service" 2>"$logs/notification-service.log" &
 pids+=($!)
 wait "${pids[-1]}"
