@@ -31,5 +31,8 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "cargo build (the binaries some tests start as processes)"
+cargo build --workspace --bins --locked
+
 step "cargo test"
 cargo test --workspace --locked --no-fail-fast
