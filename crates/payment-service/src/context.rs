@@ -1,0 +1,214 @@
+//! Callbacks of the Kafka clients: librdkafka's logs into tracing, consumer lag from the
+//! client's statistics, and the rebalance rule that keeps payments exactly-once.
+//!
+//! # Rebalances
+//!
+//! When partitions are revoked, the open transaction may hold payments and offsets of
+//! them. Committing it after the new owner started would pay those orders twice, so the
+//! callback ends it before the partitions are given up. It *aborts* rather than commits:
+//! an abort cannot fail because of the group's state, and the cost is small (at most one
+//! transaction interval of work is redone by the new owner, which starts from the last
+//! committed offset). The consumer uses the eager assignment strategies (every partition is
+//! revoked at each rebalance), so after the abort no retained partition needs a rewind:
+//! the next assignment starts every partition from its committed offset.
+//!
+//! At least once, the open batch is simply forgotten: its payments may already be
+//! written, and the new owner writes them again, which that mode allows.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rdkafka::TopicPartitionList;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::statistics::Statistics;
+use shop_runtime::Health;
+use tracing::{debug, error, info, warn};
+
+use crate::batch::Batch;
+use crate::clients::{CALL_TIMEOUT, blocking};
+use crate::config::Delivery;
+use crate::metrics::ServiceMetrics;
+
+/// Context of the producer: forwards librdkafka's logs and errors to tracing.
+#[derive(Debug)]
+pub(crate) struct ClientLog {
+    client: &'static str,
+    /// The last client error warned about: during an outage librdkafka reports the same
+    /// failure at every reconnection attempt, which is logged once.
+    last_error: Mutex<String>,
+}
+
+impl ClientLog {
+    pub fn new(client: &'static str) -> Self {
+        Self {
+            client,
+            last_error: Mutex::new(String::new()),
+        }
+    }
+}
+
+impl ClientContext for ClientLog {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        log(self.client, level, facility, message);
+    }
+
+    /// Client-level errors (a broker went away, all brokers are down) are retried by
+    /// librdkafka itself; they are warnings, not failures of the service.
+    fn error(&self, error: KafkaError, reason: &str) {
+        let text = format!("{error}: {reason}");
+        let mut last = self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *last == text {
+            debug!(client = self.client, %error, reason, "Kafka client error again");
+        } else {
+            warn!(client = self.client, %error, reason, "Kafka client error");
+            *last = text;
+        }
+    }
+}
+
+fn log(client: &'static str, level: RDKafkaLogLevel, facility: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+            error!(client, facility, message, "librdkafka")
+        }
+        // librdkafka logs a failed connection as an error and then retries it; what the
+        // service cannot recover from reaches it as an error result instead.
+        RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning => {
+            warn!(client, facility, message, "librdkafka")
+        }
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            info!(client, facility, message, "librdkafka")
+        }
+        RDKafkaLogLevel::Debug => debug!(client, facility, message, "librdkafka"),
+    }
+}
+
+/// Context of the orders consumer.
+pub(crate) struct PaymentContext {
+    pub batch: Arc<Mutex<Batch>>,
+    /// The transactional producer, to abort the open transaction on revocation.
+    pub producer: FutureProducer<ClientLog>,
+    pub delivery: Delivery,
+    pub health: Health,
+    pub metrics: Arc<ServiceMetrics>,
+    pub orders_topic: String,
+}
+
+impl ClientContext for PaymentContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        log("orders-consumer", level, facility, message);
+    }
+
+    /// The same errors reach the processing loop through `recv`, which reports them.
+    fn error(&self, error: KafkaError, reason: &str) {
+        debug!(client = "orders-consumer", %error, reason, "Kafka client error");
+    }
+
+    /// Consumer lag: the last stable offset minus the position, summed over this
+    /// replica's partitions of the orders topic. (The statistics' own `consumer_lag` uses
+    /// the consumer's committed offset, which transactional commits do not update.)
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.orders_topic) else {
+            self.metrics.consumer_lag.set(0);
+            return;
+        };
+        let lag: i64 = topic
+            .partitions
+            .values()
+            .filter(|p| p.partition >= 0 && p.app_offset >= 0 && p.ls_offset >= 0)
+            .map(|p| (p.ls_offset - p.app_offset).max(0))
+            .sum();
+        self.metrics.consumer_lag.set(lag);
+    }
+}
+
+impl ConsumerContext for PaymentContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(partitions) => self.revoked(partitions),
+            Rebalance::Assign(partitions) => {
+                let closing = self.lock().closing;
+                if !closing {
+                    info!(partitions = %list(partitions), "partitions assigned");
+                    self.health.set_ready(true, "consuming");
+                }
+            }
+            Rebalance::Error(error) => warn!(%error, "rebalance failed"),
+        }
+    }
+}
+
+impl PaymentContext {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Batch> {
+        self.batch.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn revoked(&self, partitions: &TopicPartitionList) {
+        let mut batch = self.lock();
+        if !batch.closing {
+            info!(partitions = %list(partitions), "partitions revoked");
+            self.health
+                .set_ready(false, "waiting for a partition assignment (rebalancing)");
+        }
+        if !batch.is_open() {
+            return;
+        }
+        match self.delivery {
+            Delivery::ExactlyOnce => match abort(&self.producer) {
+                Ok(()) => {
+                    info!(
+                        replayed_partitions = batch.partitions.len(),
+                        "open transaction aborted before giving up partitions; \
+                         their orders are processed again from the last commit"
+                    );
+                    self.metrics.transactions_aborted.inc();
+                }
+                Err(error) => {
+                    error!(%error, "cannot abort the open transaction on revocation");
+                    batch.broken = Some(error.to_string());
+                }
+            },
+            Delivery::AtLeastOnce => {
+                info!(
+                    "open batch handed over uncommitted on revocation; \
+                     its orders may be paid again (at-least-once)"
+                );
+                self.metrics.transactions_aborted.inc();
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// Aborts the open transaction, retrying a few times when the broker is slow.
+fn abort(producer: &FutureProducer<ClientLog>) -> Result<(), KafkaError> {
+    blocking(|| {
+        let mut attempt = 0;
+        loop {
+            match producer.abort_transaction(CALL_TIMEOUT) {
+                Err(KafkaError::Transaction(e)) if e.is_retriable() && attempt < 3 => {
+                    attempt += 1;
+                    warn!(error = %e, attempt, "aborting the transaction failed; retrying");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                result => return result,
+            }
+        }
+    })
+}
+
+fn list(partitions: &TopicPartitionList) -> String {
+    partitions
+        .elements()
+        .iter()
+        .map(|e| format!("{}/{}", e.topic(), e.partition()))
+        .collect::<Vec<_>>()
+        .join(",")
+}

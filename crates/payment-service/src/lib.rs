@@ -1,0 +1,272 @@
+//! payment-service: decides the payment of every order, exactly once.
+//!
+//! It reads orders, decides each payment with [`shop_domain::decide`] (a pure function of
+//! order id, failure ratio and seed, so a replayed order gets the same outcome), and writes
+//! the payment, all inside Kafka transactions that also carry the consumer offsets
+//! (consume-transform-produce). An order is therefore paid exactly once, across crashes,
+//! restarts and rebalances; `read_committed` readers never see a payment of an aborted
+//! attempt. Orders that fail to parse or validate go to the dead-letter topic in the same
+//! transaction. The failure ratio and seed follow the pipeline's control record live.
+//!
+//! # Layout
+//!
+//! - [`config`]: [`Config`], the service's flags (topics, group, decision, delivery).
+//! - `process`: one order message → payment or dead letter (pure, unit-tested).
+//! - `worker`: the loop: consume, send, commit by time; retries, aborts, rewinds, drain.
+//! - `batch`: the open transaction's offsets and counts, shared with the rebalance callback.
+//! - `context`: the Kafka clients' callbacks: logs, consumer lag, and the rule that the
+//!   open transaction is aborted before partitions are revoked.
+//! - `clients`: the producer and consumer configuration, blocking calls, backoff.
+//! - `metrics`: Prometheus metrics and the heartbeat's report.
+//! - [`error`]: [`Error`], what ends [`run`] with a failure.
+//!
+//! [`run`] is the whole service; `main.rs` only wires flags, logging, signals and the
+//! HTTP endpoint around it.
+
+#![forbid(unsafe_code)]
+
+mod batch;
+mod clients;
+pub mod config;
+mod context;
+pub mod error;
+mod metrics;
+mod process;
+mod worker;
+
+#[cfg(test)]
+mod outage_tests;
+
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, Producer};
+use shop_domain::ControlRecord;
+use shop_kafka::KafkaArgs;
+use shop_kafka::heartbeat::{self, Heartbeats};
+use shop_kafka::topics::{TopicSpec, control_plane_topics, ensure_topics};
+use shop_runtime::{Health, Metrics};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use config::{Config, Delivery};
+pub use error::{Error, Result};
+pub use process::{DLQ_MAX_VALUE_BYTES, ORIGINAL_SIZE_HEADER};
+
+use crate::batch::Batch;
+use crate::clients::{Backoff, CALL_TIMEOUT, blocking};
+use crate::metrics::ServiceMetrics;
+use crate::process::DecisionSettings;
+use crate::worker::Worker;
+
+/// The service's name in heartbeats.
+pub const SERVICE: &str = "payment-service";
+
+/// Everything [`run`] needs from its caller.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub kafka: KafkaArgs,
+    pub config: Config,
+    /// This replica's name: part of its transactional id and heartbeat key.
+    pub instance: String,
+    /// The process's registry; `run` registers its metrics here.
+    pub metrics: Metrics,
+    /// Readiness, served on `/readyz`: ready once the producer is initialised and the
+    /// consumer holds an assignment.
+    pub health: Health,
+}
+
+/// Runs payment-service until `shutdown` is cancelled, then commits the open transaction,
+/// leaves the group and returns `Ok(())`.
+///
+/// Creates the topics it needs when they are missing, follows the pipeline's control
+/// records and publishes heartbeats. A broker that is away is waited for with backoff;
+/// `run` fails only on what a new incarnation must fix (see [`Error`]).
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<()> {
+    let Settings {
+        kafka,
+        config,
+        instance,
+        metrics,
+        health,
+    } = settings;
+    health.set_ready(false, "connecting to Kafka");
+    // Stops the control follower and heartbeats when `run` returns, however it returns.
+    let background = shutdown.child_token();
+    let _stop_background = background.clone().drop_guard();
+
+    let mut topics = control_plane_topics(&kafka);
+    for topic in [
+        &config.orders_topic,
+        &config.payments_topic,
+        &config.dlq_topic,
+    ] {
+        topics.push(TopicSpec::events(topic, config.partitions));
+    }
+    let created = retry("creating topics", &shutdown, &health, || {
+        ensure_topics(&kafka, &topics)
+    });
+    if created.await.is_none() {
+        return Ok(());
+    }
+    let following = retry("reading control records", &shutdown, &health, || {
+        shop_kafka::control::follow(&kafka, background.clone())
+    });
+    let Some(control) = following.await else {
+        return Ok(());
+    };
+
+    serve(
+        kafka, config, instance, metrics, health, control, shutdown, background,
+    )
+    .await
+}
+
+/// The service once its topics exist and control records are followed: heartbeats, the
+/// clients, and the processing loop until `shutdown`. `background` stops the heartbeats.
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    kafka: KafkaArgs,
+    config: Config,
+    instance: String,
+    metrics: Metrics,
+    health: Health,
+    control: watch::Receiver<Option<ControlRecord>>,
+    shutdown: CancellationToken,
+    background: CancellationToken,
+) -> Result<()> {
+    let flags = DecisionSettings {
+        failure_ratio: config.failure_ratio,
+        seed: config.seed,
+    };
+    let service_metrics = Arc::new(ServiceMetrics::register(&metrics, flags));
+    let report = {
+        let service_metrics = Arc::clone(&service_metrics);
+        move || service_metrics.report()
+    };
+    let heartbeats = Heartbeats::spawn(
+        &kafka,
+        SERVICE,
+        &instance,
+        heartbeat::INTERVAL,
+        report,
+        background,
+    )?;
+
+    let transactional_id = config.transactional_id(&instance);
+    let producer = clients::producer(&kafka, &config, &instance)?;
+    if config.delivery == Delivery::ExactlyOnce {
+        let initialised = init_transactions(&producer, &transactional_id, &shutdown, &health);
+        if !initialised.await? {
+            return Ok(());
+        }
+    }
+    let batch = Arc::new(Mutex::new(Batch::default()));
+    let consumer = clients::consumer(
+        &kafka,
+        &config,
+        &instance,
+        &producer,
+        &batch,
+        &service_metrics,
+        &health,
+    )?;
+    health.set_ready(false, "waiting for a partition assignment");
+    info!(
+        orders = %config.orders_topic,
+        payments = %config.payments_topic,
+        dlq = %config.dlq_topic,
+        group = %config.group_id,
+        transactional_id = %transactional_id,
+        delivery = ?config.delivery,
+        failure_ratio = config.failure_ratio,
+        seed = config.seed,
+        "payment-service started"
+    );
+    let worker = Worker {
+        config,
+        transactional_id,
+        consumer,
+        producer,
+        batch,
+        metrics: service_metrics,
+        heartbeats,
+        health: health.clone(),
+        settings: flags,
+        draining_since: None,
+    };
+    let result = worker.run(control, shutdown).await;
+    health.set_ready(false, "stopped");
+    result
+}
+
+/// Initialises transactions: fences an earlier incarnation with the same transactional
+/// id and aborts the transaction it left open. Retried while the broker is away; returns
+/// `false` when shutdown came first.
+async fn init_transactions(
+    producer: &FutureProducer<context::ClientLog>,
+    transactional_id: &str,
+    shutdown: &CancellationToken,
+    health: &Health,
+) -> Result<bool> {
+    let mut backoff = Backoff::default();
+    loop {
+        match blocking(|| producer.init_transactions(CALL_TIMEOUT)) {
+            Ok(()) => return Ok(true),
+            Err(KafkaError::Transaction(e)) if e.is_fatal() => {
+                return Err(Error::Transaction {
+                    transactional_id: transactional_id.to_owned(),
+                    doing: "initialising transactions",
+                    source: Box::new(KafkaError::Transaction(e)),
+                });
+            }
+            Err(error) => {
+                let delay = backoff.next_delay();
+                warn!(%transactional_id, %error, retry_in = ?delay, "initialising transactions failed; retrying");
+                health.set_ready(false, format!("initialising transactions: {error}"));
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(false),
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Retries `attempt` with backoff until it succeeds (`Some`) or shutdown comes (`None`).
+/// Start-up steps use it, so a replica started while the broker is away waits for it,
+/// not-ready with the reason, instead of crash-looping.
+async fn retry<T, E, F, Fut>(
+    what: &'static str,
+    shutdown: &CancellationToken,
+    health: &Health,
+    mut attempt: F,
+) -> Option<T>
+where
+    E: Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, E>>,
+{
+    let mut backoff = Backoff::default();
+    loop {
+        let result = tokio::select! {
+            () = shutdown.cancelled() => return None,
+            result = attempt() => result,
+        };
+        match result {
+            Ok(value) => return Some(value),
+            Err(error) => {
+                let delay = backoff.next_delay();
+                warn!(step = what, %error, retry_in = ?delay, "start-up step failed; retrying");
+                health.set_ready(false, format!("{what}: {error}"));
+                tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
