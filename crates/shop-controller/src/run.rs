@@ -103,13 +103,9 @@ impl Config {
     }
 }
 
-/// Errors that stop the controller from starting.
+/// Why the controller stopped other than by shutdown.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("connecting to the Kubernetes API (KUBECONFIG or in-cluster config): {0}")]
-    Kube(#[from] kube::Error),
-    #[error("Kafka: {0}")]
-    Kafka(#[from] shop_kafka::Error),
     #[error("leadership lost; exiting so that a fresh start can compete again")]
     LostLeadership,
 }
@@ -177,9 +173,34 @@ async fn run_as_leader(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let kafka = config.kafka();
-    ensure_topics(&kafka, &control_plane_topics(&kafka)).await?;
-    let ctx =
-        Arc::new(Context::new(client.clone(), config.defaults(), kafka, metrics, identity).await?);
+    // Kafka may be down when the controller starts: wait for it with backoff instead of
+    // exiting, staying not-ready with the reason.
+    let mut backoff = std::time::Duration::from_secs(1);
+    let ctx = loop {
+        let started = async {
+            ensure_topics(&kafka, &control_plane_topics(&kafka)).await?;
+            Context::new(
+                client.clone(),
+                config.defaults(),
+                kafka.clone(),
+                metrics.clone(),
+                identity,
+            )
+            .await
+        };
+        match started.await {
+            Ok(ctx) => break Arc::new(ctx),
+            Err(error) => {
+                warn!(%error, retry_in = ?backoff, "Kafka not usable yet");
+                health.set_ready(false, format!("Kafka not usable: {error}"));
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+    };
     // Pipelines are watched as metadata only; reconcile reads each object by itself (see
     // `reconcile`), so one unreadable object cannot stop the watch.
     let (pipelines, metas, deployments): (

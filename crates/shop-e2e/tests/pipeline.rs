@@ -85,13 +85,15 @@ async fn every_order_becomes_exactly_one_payment_and_one_notification() {
     kafka.id_block_topic = ids.name().into();
     let shutdown = CancellationToken::new();
 
-    let mut payment_config = payment_service::Config::default();
-    payment_config.orders_topic = orders.name().into();
-    payment_config.payments_topic = payments.name().into();
-    payment_config.dlq_topic = dlq.name().into();
-    payment_config.group_id = unique_name("e2e-payments");
-    payment_config.failure_ratio = 0.3;
-    payment_config.seed = 7;
+    let payment_config = payment_service::Config {
+        orders_topic: orders.name().into(),
+        payments_topic: payments.name().into(),
+        dlq_topic: dlq.name().into(),
+        group_id: unique_name("e2e-payments"),
+        failure_ratio: 0.3,
+        seed: 7,
+        ..payment_service::Config::default()
+    };
     let payment = tokio::spawn(payment_service::run(
         payment_service::Settings {
             kafka: kafka.clone(),
@@ -104,10 +106,12 @@ async fn every_order_becomes_exactly_one_payment_and_one_notification() {
     ));
 
     let lines = Lines::default();
-    let mut notification_config = notification_service::Config::default();
-    notification_config.payments_topic = payments.name().into();
-    notification_config.dlq_topic = dlq.name().into();
-    notification_config.group_id = unique_name("e2e-notifications");
+    let notification_config = notification_service::Config {
+        payments_topic: payments.name().into(),
+        dlq_topic: dlq.name().into(),
+        group_id: unique_name("e2e-notifications"),
+        ..notification_service::Config::default()
+    };
     let notification = tokio::spawn(notification_service::run(
         notification_service::Settings {
             kafka: kafka.clone(),

@@ -24,10 +24,21 @@ struct Args {
 pub struct Controller {
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    pub health: Health,
 }
 
 impl Controller {
     pub async fn start(namespace: &str, control: &TestTopic, heartbeats: &TestTopic) -> Self {
+        Self::start_as("test-controller", namespace, control, heartbeats).await
+    }
+
+    /// A controller replica named `identity`; replicas in one namespace share a Lease.
+    pub async fn start_as(
+        identity: &'static str,
+        namespace: &str,
+        control: &TestTopic,
+        heartbeats: &TestTopic,
+    ) -> Self {
         shop_runtime::telemetry::init_for_tests();
         let bed = testbed();
         let args = Args::parse_from([
@@ -48,14 +59,19 @@ impl Controller {
         let client = bed.kube_client().await.unwrap();
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
+        let health = Health::new();
+        let reported = health.clone();
         let task = tokio::spawn(async move {
             let metrics = ControllerMetrics::register(&Metrics::new());
-            let identity = "test-controller";
-            shop_controller::run::run(args.config, client, identity, Health::new(), metrics, stop)
+            shop_controller::run::run(args.config, client, identity, reported, metrics, stop)
                 .await
                 .unwrap();
         });
-        Self { shutdown, task }
+        Self {
+            shutdown,
+            task,
+            health,
+        }
     }
 
     pub async fn stop(self) {
