@@ -2,13 +2,16 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help demo generate test testbed testbed-up testbed-down testbed-status fmt lint
+.PHONY: help bench demo generate test testbed testbed-up testbed-down testbed-status fmt lint
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 demo: ## Run the pipeline locally without Kubernetes; notifications stream here (Ctrl-C stops)
 	scripts/demo.sh
+
+bench: ## Benchmarks vs a baseline in the same run (release build); writes docs/benchmarks.md
+	scripts/bench.sh
 
 test: ## Everything CI runs: test bed up, fmt, clippy, all tests, test bed down
 	scripts/test.sh
