@@ -39,6 +39,19 @@ impl Controller {
         control: &TestTopic,
         heartbeats: &TestTopic,
     ) -> Self {
+        let client = testbed().kube_client().await.unwrap();
+        Self::start_with(identity, client, namespace, control, heartbeats)
+    }
+
+    /// A controller replica that talks to the API server as `client` (e.g. a
+    /// ServiceAccount with the controller's RBAC).
+    pub fn start_with(
+        identity: &'static str,
+        client: kube::Client,
+        namespace: &str,
+        control: &TestTopic,
+        heartbeats: &TestTopic,
+    ) -> Self {
         shop_runtime::telemetry::init_for_tests();
         let bed = testbed();
         let args = Args::parse_from([
@@ -56,7 +69,6 @@ impl Controller {
             "--sweep-interval-seconds",
             "1",
         ]);
-        let client = bed.kube_client().await.unwrap();
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         let health = Health::new();
