@@ -32,25 +32,16 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let (health, metrics) = (Health::new(), Metrics::new());
-    // Probes are answered until the service has drained, not just until the signal, so
-    // the server has a token of its own.
-    let server_stop = shop_runtime::CancellationToken::new();
-    let server = tokio::spawn(shop_runtime::serve(
-        listener,
-        health.clone(),
-        metrics.clone(),
-        server_stop.clone(),
-    ));
     let settings = Settings {
         instance: cli.common.instance(),
         format: cli.common.log_format,
         kafka: cli.kafka,
         config: cli.config,
-        metrics,
-        health,
+        metrics: metrics.clone(),
+        health: health.clone(),
     };
-    let result = notification_service::run(settings, std::io::stdout(), shutdown).await;
-    server_stop.cancel();
-    server.await??;
-    Ok(result?)
+    let service = notification_service::run(settings, std::io::stdout(), shutdown);
+    let (result, served) = http::serve_during(listener, health, metrics, service).await;
+    result?;
+    Ok(served?)
 }

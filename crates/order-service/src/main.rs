@@ -3,7 +3,7 @@
 use clap::Parser;
 use order_service::{Config, Settings};
 use shop_kafka::KafkaArgs;
-use shop_runtime::{CancellationToken, CommonArgs, Health, Metrics, http};
+use shop_runtime::{CommonArgs, Health, Metrics, http};
 
 /// Generates shop orders at a live-controlled rate and writes them to Kafka.
 #[derive(Parser, Debug)]
@@ -23,24 +23,16 @@ async fn main() -> anyhow::Result<()> {
     shop_runtime::telemetry::init(cli.common.log_format)?;
     let shutdown = shop_runtime::signal_token();
     let listener = http::bind(cli.common.http_port_or(8081), CommonArgs::HTTP_PORT_HINT).await?;
+    let (health, metrics) = (Health::new(), Metrics::new());
     let settings = Settings {
         kafka: cli.kafka,
         config: cli.config,
         instance: cli.common.instance(),
-        metrics: Metrics::new(),
-        health: Health::new(),
+        metrics: metrics.clone(),
+        health: health.clone(),
     };
-    // Probes keep answering while the service drains; the server stops after it.
-    let server_stop = CancellationToken::new();
-    let server = tokio::spawn(shop_runtime::serve(
-        listener,
-        settings.health.clone(),
-        settings.metrics.clone(),
-        server_stop.clone(),
-    ));
-    let result = order_service::run(settings, shutdown).await;
-    server_stop.cancel();
-    let served = server.await;
+    let service = order_service::run(settings, shutdown);
+    let (result, served) = http::serve_during(listener, health, metrics, service).await;
     result?;
-    Ok(served??)
+    Ok(served?)
 }

@@ -4,7 +4,7 @@
 use clap::Parser;
 use payment_service::{Config, Settings};
 use shop_kafka::KafkaArgs;
-use shop_runtime::{CancellationToken, CommonArgs, Health, Metrics};
+use shop_runtime::{CommonArgs, Health, Metrics};
 
 /// Decides the payment of every order, exactly once, in Kafka transactions.
 #[derive(Parser, Debug)]
@@ -26,23 +26,16 @@ async fn main() -> anyhow::Result<()> {
     let listener =
         shop_runtime::http::bind(cli.common.http_port_or(8082), CommonArgs::HTTP_PORT_HINT).await?;
     let (health, metrics) = (Health::new(), Metrics::new());
-    // Probes are answered while draining; the server stops after the service.
-    let server_stop = CancellationToken::new();
-    let server = tokio::spawn(shop_runtime::serve(
-        listener,
-        health.clone(),
-        metrics.clone(),
-        server_stop.clone(),
-    ));
     let settings = Settings {
         kafka: cli.kafka,
         config: cli.config,
         instance: cli.common.instance(),
-        metrics,
-        health,
+        metrics: metrics.clone(),
+        health: health.clone(),
     };
-    let result = payment_service::run(settings, shutdown).await;
-    server_stop.cancel();
-    server.await??;
-    Ok(result?)
+    let service = payment_service::run(settings, shutdown);
+    let (result, served) =
+        shop_runtime::http::serve_during(listener, health, metrics, service).await;
+    result?;
+    Ok(served?)
 }

@@ -38,24 +38,17 @@ async fn main() -> anyhow::Result<()> {
         shop_runtime::http::bind(cli.common.http_port_or(8080), CommonArgs::HTTP_PORT_HINT).await?;
     let (health, metrics) = (Health::new(), Metrics::new());
     let controller_metrics = shop_controller::reconcile::ControllerMetrics::register(&metrics);
-    let server = tokio::spawn(shop_runtime::serve(
-        listener,
-        health.clone(),
-        metrics,
-        shutdown.clone(),
-    ));
     let client = kube::Client::try_default().await?;
     let identity = cli.common.instance();
     let run = shop_controller::run::run(
         cli.config,
         client,
         &identity,
-        health,
+        health.clone(),
         controller_metrics,
-        shutdown.clone(),
+        shutdown,
     );
-    run.await?;
-    shutdown.cancel();
-    server.await??;
-    Ok(())
+    let (result, served) = shop_runtime::http::serve_during(listener, health, metrics, run).await;
+    result?;
+    Ok(served?)
 }

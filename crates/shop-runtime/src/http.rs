@@ -127,6 +127,25 @@ pub async fn bind(port: u16, flag_hint: &str) -> Result<TcpListener> {
         })
 }
 
+/// Runs `service` while serving `/healthz`, `/readyz` and `/metrics` on `listener`, and
+/// stops the server only after `service` has finished, so probes and scrapes keep being
+/// answered while it drains. Returns the service's output and the server's result.
+pub async fn serve_during<T>(
+    listener: TcpListener,
+    health: Health,
+    metrics: Metrics,
+    service: impl Future<Output = T>,
+) -> (T, std::io::Result<()>) {
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(serve(listener, health, metrics, stop.clone()));
+    let output = service.await;
+    stop.cancel();
+    let served = server
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    (output, served)
+}
+
 /// Serves `/healthz`, `/readyz` and `/metrics` on `listener` until `shutdown` is cancelled,
 /// then stops accepting, drops unfinished connections and returns `Ok(())`.
 ///

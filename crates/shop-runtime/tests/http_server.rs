@@ -251,3 +251,29 @@ async fn bind_on_a_free_port_listens_on_all_interfaces() {
         .unwrap();
     assert!(listener.local_addr().unwrap().ip().is_unspecified());
 }
+
+#[tokio::test]
+async fn serve_during_answers_probes_until_the_service_has_finished() {
+    shop_runtime::telemetry::init_for_tests();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let health = Health::new();
+    let (output, served) =
+        shop_runtime::http::serve_during(listener, health.clone(), Metrics::new(), async move {
+            // The "service" is draining: probes are still answered.
+            health.set_ready(false, "draining");
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply).await.unwrap();
+            reply
+        })
+        .await;
+    assert!(output.starts_with("HTTP/1.1 200"), "{output}");
+    served.unwrap();
+    // And after the service returned, the server is gone.
+    assert!(TcpStream::connect(addr).await.is_err());
+}
