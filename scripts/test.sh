@@ -14,6 +14,7 @@ testbed/bed.sh install
 step "test bed: up"
 trap 'step "test bed: down"; testbed/bed.sh down' EXIT
 testbed/bed.sh up
+testbed/bed.sh up # idempotent: a second up finds everything running and changes nothing
 # shellcheck source=/dev/null
 source target/testbed/env
 

@@ -49,6 +49,11 @@ case ${1:-} in
   down)
     rm -f "$STATE/env"
     each down
+    # Every component's command line names the state directory: nothing may be left.
+    if leftover=$(pgrep -af -- "$STATE/" | grep -v -e "pgrep" -e "bed.sh"); then
+      die testbed "processes left running after down:
+$leftover"
+    fi
     ;;
   status) each status ;;
   *) echo "usage: $0 install|up|down|status" >&2; exit 2 ;;
