@@ -6,7 +6,7 @@
 //!   this is the ceiling the broker and client allow on this machine;
 //! - generator: `order_service::run` at the target rate; each 10-second window is counted
 //!   from the topic's high watermarks (sampled on a fixed tick), and compared with the
-//!   target (the issue asks for ±1%).
+//!   target (the generator promises ±1%).
 //!
 //! - payments: payment-service on a backlog of orders, exactly-once (transactions every
 //!   100 ms) and at-least-once, next to a raw rdkafka consume-transform-produce loop that
