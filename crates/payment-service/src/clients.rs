@@ -30,6 +30,17 @@ pub(crate) const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// before the group gives them to the others.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Whether `error` says the producer has no open transaction. The rebalance callback and
+/// the worker can both end a transaction (the callback aborts before partitions are
+/// revoked); whichever comes second finds none open, and that transaction is over.
+pub(crate) fn no_open_transaction(error: &rdkafka::error::KafkaError) -> bool {
+    matches!(
+        error,
+        rdkafka::error::KafkaError::Transaction(e)
+            if e.code() == rdkafka::types::RDKafkaErrorCode::State
+    )
+}
+
 /// Runs a blocking librdkafka call. On a multi-threaded runtime the worker hands its other
 /// tasks to other threads first (`block_in_place`); elsewhere (a current-thread runtime,
 /// a plain thread) it simply runs.

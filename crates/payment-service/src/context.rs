@@ -29,7 +29,7 @@ use shop_runtime::Health;
 use tracing::{debug, error, info, warn};
 
 use crate::batch::Batch;
-use crate::clients::{CALL_TIMEOUT, blocking};
+use crate::clients::{CALL_TIMEOUT, blocking, no_open_transaction};
 use crate::config::Delivery;
 use crate::metrics::ServiceMetrics;
 
@@ -162,7 +162,8 @@ impl PaymentContext {
         }
         match self.delivery {
             Delivery::ExactlyOnce => match abort(&self.producer) {
-                Ok(()) => {
+                Ok(false) => debug!("no transaction open at revocation; the worker ended it"),
+                Ok(true) => {
                     info!(
                         replayed_partitions = batch.partitions.len(),
                         "open transaction aborted before giving up partitions; \
@@ -187,18 +188,21 @@ impl PaymentContext {
     }
 }
 
-/// Aborts the open transaction, retrying a few times when the broker is slow.
-fn abort(producer: &FutureProducer<ClientLog>) -> Result<(), KafkaError> {
+/// Aborts the open transaction, retrying a few times when the broker is slow. Returns
+/// whether there was one to abort.
+fn abort(producer: &FutureProducer<ClientLog>) -> Result<bool, KafkaError> {
     blocking(|| {
         let mut attempt = 0;
         loop {
             match producer.abort_transaction(CALL_TIMEOUT) {
+                // The worker committed or aborted it a moment ago: nothing is open.
+                Err(e) if no_open_transaction(&e) => return Ok(false),
                 Err(KafkaError::Transaction(e)) if e.is_retriable() && attempt < 3 => {
                     attempt += 1;
                     warn!(error = %e, attempt, "aborting the transaction failed; retrying");
                     std::thread::sleep(Duration::from_millis(200));
                 }
-                result => return result,
+                result => return result.map(|()| true),
             }
         }
     })

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::batch::Batch;
-use crate::clients::{Backoff, CALL_TIMEOUT, blocking};
+use crate::clients::{Backoff, CALL_TIMEOUT, blocking, no_open_transaction};
 use crate::config::{Config, Delivery};
 use crate::context::{ClientLog, PaymentContext};
 use crate::error::{Error, Result};
@@ -378,10 +378,16 @@ impl Worker {
     /// so its orders are processed again.
     async fn abort_and_rewind(&mut self, shutdown: &CancellationToken) -> Result<()> {
         let mut backoff = Backoff::default();
-        loop {
+        let aborted_here = loop {
             let producer = &self.producer;
             match blocking(|| producer.abort_transaction(CALL_TIMEOUT)) {
-                Ok(()) => break,
+                Ok(()) => break true,
+                // The rebalance callback aborted it already (partitions were revoked) and
+                // counted it.
+                Err(error) if no_open_transaction(&error) => {
+                    debug!("transaction already aborted by a rebalance");
+                    break false;
+                }
                 Err(error) => match fate(&error) {
                     Fate::Fatal => return Err(self.transaction_error("aborting", error)),
                     _ if self.drain_expired(shutdown) => {
@@ -398,8 +404,10 @@ impl Worker {
                     }
                 },
             }
+        };
+        if aborted_here {
+            self.metrics.transactions_aborted.inc();
         }
-        self.metrics.transactions_aborted.inc();
         self.rewind(shutdown)
     }
 
