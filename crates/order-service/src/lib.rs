@@ -119,7 +119,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     metrics.generation.set(gauge_value(0));
     let applied = Arc::new(Mutex::new(applied));
 
-    let producer = OrderProducer::new(&kafka, &config.orders_topic, &instance, &metrics)?;
+    let producer = OrderProducer::new(&kafka, &config.orders_topic, &instance, &metrics, &health)?;
     let ids = IdSource {
         producer: id_block_producer(&kafka, &instance)?,
         topic: kafka.id_block_topic.clone(),

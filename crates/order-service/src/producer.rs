@@ -26,6 +26,7 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 use rdkafka::types::RDKafkaErrorCode;
 use shop_domain::{Order, TraceParent};
 use shop_kafka::KafkaArgs;
+use shop_runtime::Health;
 use shop_runtime::metrics::Counter;
 use tracing::{debug, error, info, warn};
 
@@ -95,8 +96,11 @@ impl OrderProducer {
         topic: &str,
         instance: &str,
         metrics: &OrderMetrics,
+        health: &Health,
     ) -> Result<Self, Error> {
         let context = DeliveryContext {
+            health: health.clone(),
+            brokers_down: AtomicBool::new(false),
             topic: topic.to_owned(),
             produced: metrics.produced.clone(),
             failed: metrics.delivery_failed.clone(),
@@ -255,6 +259,9 @@ impl OrderProducer {
 
 /// Counts deliveries and reports librdkafka's own events through tracing.
 struct DeliveryContext {
+    /// Readiness: not ready while librdkafka reports every broker down.
+    health: Health,
+    brokers_down: AtomicBool,
     topic: String,
     produced: Counter,
     failed: Counter,
@@ -299,6 +306,11 @@ impl ClientContext for DeliveryContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown)
+            && !self.brokers_down.swap(true, Ordering::Relaxed)
+        {
+            self.health.set_ready(false, "no Kafka broker reachable");
+        }
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
             self.fatal.store(true, Ordering::Relaxed);
             error!(topic = %self.topic, %error, reason, "order producer failed fatally");
@@ -316,6 +328,10 @@ impl ProducerContext for DeliveryContext {
         let (error, message) = match result {
             Ok(_) => {
                 self.produced.inc();
+                // A delivered order proves a broker is back.
+                if self.brokers_down.swap(false, Ordering::Relaxed) {
+                    self.health.set_ready(true, "producing orders");
+                }
                 return;
             }
             Err(failed) => failed,

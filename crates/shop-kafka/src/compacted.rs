@@ -8,10 +8,11 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+use crate::context::QuietEof;
 use crate::{Error, KafkaArgs, Result};
 
 /// The latest value per key of `topic`, read to its current end. A topic that does not
@@ -33,12 +34,12 @@ fn read_table_blocking(
     timeout: Duration,
 ) -> Result<BTreeMap<String, Vec<u8>>> {
     let deadline = Instant::now() + timeout;
-    let consumer: BaseConsumer = args
+    let consumer: BaseConsumer<QuietEof> = args
         .client_config("shopstream-table-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("group.id", "shopstream-table-reader")
-        .create()
+        .create_with_context(QuietEof)
         .map_err(|source| Error::Client {
             bootstrap: args.bootstrap_servers.clone(),
             source,
@@ -108,7 +109,7 @@ fn read_table_blocking(
 }
 
 /// The partitions of `topic`, or `None` when it does not exist.
-pub(crate) fn partitions_of<C: Consumer>(
+pub(crate) fn partitions_of<X: ConsumerContext, C: Consumer<X>>(
     consumer: &C,
     topic: &str,
     timeout: Duration,

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::compacted::partitions_of;
+use crate::context::QuietEof;
 use crate::{Error, KafkaArgs, Result};
 
 /// How long `follow` waits for the initial read to reach the end of the topic before it
@@ -36,13 +37,13 @@ pub async fn follow(
     args: &KafkaArgs,
     shutdown: CancellationToken,
 ) -> Result<watch::Receiver<Option<ControlRecord>>> {
-    let consumer: StreamConsumer = args
+    let consumer: StreamConsumer<QuietEof> = args
         .client_config("shopstream-control")
         .set("group.id", "shopstream-control-follower")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("fetch.wait.max.ms", "10")
-        .create()
+        .create_with_context(QuietEof)
         .map_err(|source| Error::Client {
             bootstrap: args.bootstrap_servers.clone(),
             source,
@@ -99,7 +100,7 @@ struct Follower {
 }
 
 impl Follower {
-    async fn run(mut self, consumer: StreamConsumer, shutdown: CancellationToken) {
+    async fn run(mut self, consumer: StreamConsumer<QuietEof>, shutdown: CancellationToken) {
         loop {
             let received = tokio::select! {
                 () = shutdown.cancelled() => return,

@@ -23,6 +23,7 @@
 
 pub mod args;
 pub mod compacted;
+pub mod context;
 pub mod control;
 pub mod error;
 pub mod headers;
