@@ -14,10 +14,10 @@ use std::process::{Child, Command, Stdio};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use shop_controller::crd::{ShopPipeline, ShopPipelineSpec};
 use shop_testkit::testbed;
-use support::{Controller, eventually, install_crd};
+use support::{Controller, install_crd, three_deployments};
 
 /// A service process that is stopped with SIGTERM when dropped.
 struct Service(Child);
@@ -140,12 +140,7 @@ async fn services_apply_the_control_record_and_the_pipeline_reports_applied() {
         .await
         .unwrap();
 
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let created = eventually("the Deployments", async || {
-        let list = deployments.list(&ListParams::default()).await.ok()?;
-        (list.items.len() == 3).then_some(list.items)
-    })
-    .await;
+    let created = three_deployments(&client, &ns, "live").await;
     let _services: Vec<Service> = created
         .iter()
         .map(|d| {

@@ -17,7 +17,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use shop_controller::crd::{ShopPipeline, ShopPipelineSpec};
 use shop_domain::ControlRecord;
 use shop_testkit::{testbed, unique_name};
-use support::{Controller, TIMEOUT, eventually, install_crd};
+use support::{Controller, TIMEOUT, eventually, install_crd, three_deployments};
 
 /// Every record (not only the latest) under `key` in `topic`, in order.
 fn records_under(topic: &str, key: &str) -> Vec<Option<ControlRecord>> {
@@ -83,11 +83,7 @@ async fn a_pipeline_is_created_tuned_restarted_and_deleted() {
 
     // Create: Deployments owned by the pipeline, topics, and the control record.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let created = eventually("three Deployments", async || {
-        let list = deployments.list(&ListParams::default()).await.ok()?;
-        (list.items.len() == 3).then_some(list.items)
-    })
-    .await;
+    let created = three_deployments(&client, &ns, "demo").await;
     for deployment in &created {
         let owner = &deployment.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(

@@ -6,13 +6,12 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use kube::api::{ListParams, PostParams};
+use kube::api::PostParams;
 use shop_controller::crd::{ShopPipeline, ShopPipelineSpec};
 use shop_testkit::testbed;
-use support::{Controller, eventually, install_crd};
+use support::{Controller, eventually, install_crd, three_deployments};
 
 fn holder(lease: &Lease) -> Option<String> {
     lease.spec.as_ref()?.holder_identity.clone()
@@ -63,11 +62,6 @@ async fn only_the_leader_acts_and_a_standby_takes_over() {
         .create(&PostParams::default(), &ShopPipeline::new("after", spec))
         .await
         .unwrap();
-    let deployments: Api<Deployment> = Api::namespaced(client, &ns);
-    eventually("the new leader to reconcile", async || {
-        let list = deployments.list(&ListParams::default()).await.ok()?;
-        (list.items.len() == 3).then_some(())
-    })
-    .await;
+    three_deployments(&client, &ns, "after").await;
     second.stop().await;
 }

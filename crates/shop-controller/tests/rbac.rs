@@ -5,7 +5,6 @@
 
 mod support;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Event, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{
@@ -17,7 +16,7 @@ use kube::{Api, Client, Config};
 use serde_json::Value;
 use shop_controller::crd::{ShopPipeline, ShopPipelineSpec};
 use shop_testkit::testbed;
-use support::{Controller, eventually, install_crd};
+use support::{Controller, eventually, install_crd, three_deployments};
 
 /// The rules of the ClusterRole and the Role in the checked-in RBAC file.
 fn written_rules() -> (Vec<PolicyRule>, Vec<PolicyRule>) {
@@ -173,18 +172,7 @@ async fn the_written_rbac_is_enough_to_run_the_controller() {
         .await
         .unwrap();
 
-    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
-    eventually("Deployments applied by the ServiceAccount", async || {
-        (deployments
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .len()
-            == 3)
-            .then_some(())
-    })
-    .await;
+    three_deployments(&admin, &ns, "rbac").await;
     eventually("a status written by the ServiceAccount", async || {
         let status = pipelines.get_status("rbac").await.ok()?.status?;
         (status.observed_generation == Some(1)).then_some(())

@@ -7,17 +7,16 @@
 
 mod support;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps,
 };
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use kube::{Api, CustomResourceExt};
 use serde_json::json;
 use shop_controller::crd::ShopPipeline;
 use shop_testkit::testbed;
-use support::{Controller, eventually, install_crd};
+use support::{Controller, eventually, install_crd, three_deployments};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_pipeline_is_degraded_and_does_not_stop_the_others() {
@@ -72,15 +71,7 @@ async fn an_unreadable_pipeline_is_degraded_and_does_not_stop_the_others() {
     let heartbeats = bed.topic("heartbeats", 1).await.unwrap();
     let controller = Controller::start(&ns, &control, &heartbeats).await;
 
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    eventually("the good pipeline's Deployments", async || {
-        let list = deployments
-            .list(&ListParams::default().labels("shopstream.dev/pipeline=good"))
-            .await
-            .ok()?;
-        (list.items.len() == 3).then_some(())
-    })
-    .await;
+    three_deployments(&client, &ns, "good").await;
     let degraded = eventually("the broken pipeline reported", async || {
         let object = dynamic.get_status("broken").await.ok()?;
         let conditions = object

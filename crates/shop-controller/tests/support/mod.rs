@@ -4,8 +4,9 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, CustomResourceExt};
 use shop_controller::crd::ShopPipeline;
@@ -124,4 +125,26 @@ pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Waits until the controller has created the three Deployments of `pipeline` in
+/// `namespace` (one per service), and returns them.
+pub async fn three_deployments(
+    client: &kube::Client,
+    namespace: &str,
+    pipeline: &str,
+) -> Vec<Deployment> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let selector = format!("{}={pipeline}", shop_controller::build::PIPELINE_LABEL);
+    eventually(
+        &format!("the three Deployments of {pipeline}"),
+        async || {
+            let list = deployments
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .ok()?;
+            (list.items.len() == 3).then_some(list.items)
+        },
+    )
+    .await
 }
