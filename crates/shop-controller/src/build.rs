@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SecurityContext,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -23,6 +24,9 @@ use crate::crd::ShopPipeline;
 
 /// Label carrying the pipeline name on every child object.
 pub const PIPELINE_LABEL: &str = "shopstream.dev/pipeline";
+
+/// The non-root user and group the services run as: the `nonroot` user of the images.
+pub const RUN_AS_USER: i64 = 65532;
 
 /// Settings of the controller that shape every pipeline's children.
 #[derive(Debug, Clone, PartialEq)]
@@ -245,6 +249,7 @@ fn deployment(
         env("HEARTBEAT_TOPIC", &defaults.heartbeat_topic),
         env("DLQ_TOPIC", &topics.dlq),
         env("LOG_FORMAT", "text"),
+        env("HTTP_PORT", &service.http_port().to_string()),
         EnvVar {
             name: "INSTANCE_ID".into(),
             value_from: Some(EnvVarSource {
@@ -310,9 +315,27 @@ fn deployment(
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
             run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
             ..SecurityContext::default()
         }),
         ..Container::default()
+    };
+    // The `restricted` Pod Security Standard: non-root with a numeric user, the runtime's
+    // default seccomp profile, no API credentials (the services never call the API
+    // server) and no service-link variables (a Service named `kafka` would inject
+    // KAFKA_* variables into every container of the namespace).
+    let pod_security = PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS_USER),
+        run_as_group: Some(RUN_AS_USER),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
     };
     Deployment {
         metadata: ObjectMeta {
@@ -335,6 +358,9 @@ fn deployment(
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container],
+                    security_context: Some(pod_security),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
                     termination_grace_period_seconds: Some(30),
                     ..PodSpec::default()
                 }),
@@ -488,6 +514,40 @@ mod tests {
                 .iter()
                 .all(|d| d.spec.as_ref().unwrap().replicas == Some(1))
         );
+    }
+
+    #[test]
+    fn pods_meet_the_restricted_pod_security_standard_and_name_their_port() {
+        let desired = desired(&fixture("demo.yaml"), &defaults()).unwrap();
+        for (deployment, port) in desired.deployments.iter().zip(["8081", "8082", "8083"]) {
+            let pod = deployment
+                .spec
+                .as_ref()
+                .unwrap()
+                .template
+                .spec
+                .as_ref()
+                .unwrap();
+            let security = pod.security_context.as_ref().unwrap();
+            assert_eq!(security.run_as_non_root, Some(true));
+            assert_eq!(security.run_as_user, Some(RUN_AS_USER));
+            assert_eq!(
+                security.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+                Some("RuntimeDefault")
+            );
+            assert_eq!(pod.automount_service_account_token, Some(false));
+            let container = &pod.containers[0];
+            let security = container.security_context.as_ref().unwrap();
+            assert_eq!(security.allow_privilege_escalation, Some(false));
+            assert_eq!(security.read_only_root_filesystem, Some(true));
+            assert_eq!(
+                security.capabilities.as_ref().and_then(|c| c.drop.clone()),
+                Some(vec!["ALL".to_owned()])
+            );
+            assert_eq!(env_of(deployment)["HTTP_PORT"], port);
+            let declared = container.ports.as_ref().unwrap()[0].container_port;
+            assert_eq!(declared.to_string(), port);
+        }
     }
 
     #[test]
