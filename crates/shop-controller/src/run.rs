@@ -62,9 +62,10 @@ pub struct Config {
     #[arg(long, env = "WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
 
-    /// Namespace of the leader-election Lease (the controller's own namespace in a Pod).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-    pub leader_election_namespace: String,
+    /// Namespace of the leader-election Lease [default: the Pod's own namespace in a
+    /// cluster, else the kubeconfig context's namespace].
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
 
     /// Name of the leader-election Lease; replicas sharing it elect one leader.
     #[arg(long, env = "LEASE_NAME", default_value = "shop-controller")]
@@ -103,6 +104,9 @@ impl Config {
     }
 }
 
+/// The readiness reason of a replica that waits for the Lease.
+pub const STANDBY: &str = "standby: waiting for leadership";
+
 /// Why the controller stopped other than by shutdown.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -138,13 +142,21 @@ pub async fn run(
     metrics: ControllerMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    // kube's default namespace is the service account's namespace in a Pod, so replicas of
+    // one installation share the Lease of their own namespace.
+    let lease_namespace = config
+        .leader_election_namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
     let elector = Elector::new(
         client.clone(),
-        &config.leader_election_namespace,
+        &lease_namespace,
         &config.lease_name,
         identity,
     );
-    health.set_ready(false, "waiting for leadership");
+    // A standby is Ready: it is healthy and ready to take over, and a rollout of two
+    // replicas must not wait for the one that cannot lead while the other does.
+    health.set_ready(true, STANDBY);
     let Some(leading) = elector.lead(shutdown.clone()).await else {
         return Ok(());
     };
