@@ -1,17 +1,20 @@
-//! The command line: `shopctl [KAFKA FLAGS] <set|status> [FLAGS]`.
+//! The command line: `shopctl [KAFKA FLAGS] <set|status|verify> [FLAGS]`.
 //!
 //! The Kafka flags (`--bootstrap-servers`, `--pipeline`, `--control-topic`,
 //! `--heartbeat-topic`, each with its environment variable) are global, so they may come
 //! before or after the subcommand: `shopctl set --pipeline demo --rate 50` and
 //! `shopctl --pipeline demo set --rate 50` mean the same.
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use shop_kafka::KafkaArgs;
 
 use crate::change::Change;
+use crate::verdict::DEFAULT_CONFIDENCE;
 
-/// Tunes a shopstream pipeline without Kubernetes: writes its control record and shows
-/// what each replica applied.
+/// Tunes a shopstream pipeline without Kubernetes: writes its control record, shows what
+/// each replica applied, and verifies that its payments fail at the expected ratio.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "shopctl", version, about, mut_args = kafka_arg)]
 pub struct Cli {
@@ -35,6 +38,34 @@ pub enum Command {
     Set(SetArgs),
     /// Shows the desired control record and what each live replica applied and counted.
     Status(StatusArgs),
+    /// Checks that the pipeline's payments flow and fail at the expected ratio; run by
+    /// `helm test`.
+    ///
+    /// Reads the payments topic from its end as of the start of the command, so only
+    /// payments made from now on count and a ratio changed earlier does not pollute the
+    /// sample. It reads with isolation.level=read_committed (payments of aborted
+    /// transactions do not count) and joins no consumer group. It stops when
+    /// --min-payments payments were read or --timeout passed. Records that are not
+    /// payments are counted and reported, not fatal.
+    ///
+    /// With n payments of which k failed and the expected ratio p (--failure-ratio, by
+    /// default the payment_failure_ratio of the pipeline's latest control record), it
+    /// passes when k lies in the two-sided interval that a Binomial(n, p) count falls in
+    /// with probability --confidence: the exact binomial quantiles at (1 - C)/2 and
+    /// 1 - (1 - C)/2. A pipeline that fails exactly at p is therefore failed by this check
+    /// at most once in 1 / (1 - C) runs (once in 1000 at the default). p = 0 and p = 1
+    /// pass only with no failure and only failures.
+    ///
+    /// Prints one line and exits 0 when the count is inside the interval:
+    ///
+    ///   verify demo: 200 payments, 23 failed (observed 0.115, expected 0.100, 99.9%
+    ///   interval 8..=35 failures): OK
+    ///
+    /// It exits 1 with the same numbers and FAILED when the count is outside; with
+    /// `timed out after 3m: 57 of 200 payments seen on TOPIC` when too few payments came
+    /// (is the pipeline paused, or its rate 0?); and with an error on stderr when Kafka
+    /// cannot be read or there is no control record to take the expected ratio from.
+    Verify(VerifyArgs),
 }
 
 #[derive(clap::Args, Debug, Clone, Default, PartialEq)]
@@ -91,6 +122,54 @@ pub enum Output {
     Table,
     /// For scripts: one JSON document.
     Json,
+}
+
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct VerifyArgs {
+    /// Topic of the pipeline's payments (`<namespace>.<pipeline>.payments` under the
+    /// controller).
+    #[arg(long, env = "PAYMENTS_TOPIC", value_name = "TOPIC")]
+    pub payments_topic: String,
+
+    /// Expected share of failed payments, 0..=1 [default: the payment_failure_ratio of
+    /// the pipeline's latest control record on --control-topic].
+    #[arg(long, value_name = "RATIO", allow_negative_numbers = true, value_parser = parse_ratio)]
+    pub failure_ratio: Option<f64>,
+
+    /// How many payments to read before deciding.
+    #[arg(long, value_name = "N", default_value_t = 200,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub min_payments: u64,
+
+    /// How long to wait for them, counted from the start of the command (e.g. 90s, 3m,
+    /// 1h 30m).
+    #[arg(long, value_name = "DURATION", default_value = "3m",
+          value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+
+    /// Probability that a pipeline failing at exactly the expected ratio passes, strictly
+    /// between 0 and 1.
+    #[arg(long, value_name = "C", default_value_t = DEFAULT_CONFIDENCE,
+          allow_negative_numbers = true, value_parser = parse_confidence)]
+    pub confidence: f64,
+}
+
+/// A failure ratio: a number in `0..=1`.
+fn parse_ratio(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err(format!("allowed is a number in 0..=1, got {value:?}")),
+    }
+}
+
+/// A confidence: a number strictly between 0 and 1 (1 would accept every count).
+fn parse_confidence(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(confidence) if confidence > 0.0 && confidence < 1.0 => Ok(confidence),
+        _ => Err(format!(
+            "allowed is a number strictly between 0 and 1, such as 0.999, got {value:?}"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -167,5 +246,71 @@ mod tests {
         };
         assert_eq!(set.change().paused, Some(false));
         assert_eq!(SetArgs::default().change(), Change::default());
+    }
+
+    #[test]
+    fn verify_has_defaults_for_all_but_the_topic() {
+        let Command::Verify(verify) = parse(&["verify", "--payments-topic", "demo.payments"])
+            .unwrap()
+            .command
+        else {
+            panic!("not verify");
+        };
+        assert_eq!(
+            verify,
+            VerifyArgs {
+                payments_topic: "demo.payments".into(),
+                failure_ratio: None,
+                min_payments: 200,
+                timeout: Duration::from_secs(180),
+                confidence: 0.999,
+            }
+        );
+        let Command::Verify(verify) = parse(&[
+            "--pipeline",
+            "shop/demo",
+            "verify",
+            "--payments-topic",
+            "p",
+            "--failure-ratio",
+            "0",
+            "--min-payments",
+            "50",
+            "--timeout",
+            "1m 30s",
+            "--confidence",
+            "0.99",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not verify");
+        };
+        assert_eq!(verify.failure_ratio, Some(0.0));
+        assert_eq!(verify.min_payments, 50);
+        assert_eq!(verify.timeout, Duration::from_secs(90));
+        assert_eq!(verify.confidence, 0.99);
+    }
+
+    #[test]
+    fn verify_refuses_values_outside_their_range() {
+        for args in [
+            &["--failure-ratio", "1.5"][..],
+            &["--failure-ratio", "-0.1"],
+            &["--failure-ratio", "NaN"],
+            &["--confidence", "1"],
+            &["--confidence", "0"],
+            &["--min-payments", "0"],
+            &["--timeout", "3"],
+        ] {
+            let error = parse(&[&["verify", "--payments-topic", "p"][..], args].concat())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(args[0]), "{args:?}: {error}");
+        }
+        assert!(
+            parse(&["verify"]).is_err(),
+            "the payments topic is required"
+        );
     }
 }

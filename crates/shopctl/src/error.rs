@@ -58,6 +58,43 @@ pub enum Error {
     /// The broker did not acknowledge the control record.
     #[error("writing the control record to topic {topic}: {source}")]
     Write { topic: String, source: KafkaError },
+
+    /// `verify` was given no expected ratio and the pipeline has no control record to
+    /// take it from.
+    #[error(
+        "pipeline {pipeline} has no control record on topic {topic}, so the expected failure \
+         ratio is unknown: give it with --failure-ratio (or check --pipeline and --control-topic)"
+    )]
+    NoExpectedRatio { pipeline: String, topic: String },
+
+    /// `verify` was given no expected ratio and the pipeline's control record is invalid.
+    #[error(
+        "the control record of pipeline {pipeline} on topic {topic} is invalid ({source}): \
+         give the expected failure ratio with --failure-ratio"
+    )]
+    InvalidControlRecord {
+        pipeline: String,
+        topic: String,
+        source: shop_domain::ControlError,
+    },
+
+    /// The payments topic to verify does not exist.
+    #[error("payments topic {topic} does not exist: check --payments-topic (or PAYMENTS_TOPIC)")]
+    NoPaymentsTopic { topic: String },
+
+    #[error("creating a Kafka consumer for {bootstrap}: {source}")]
+    Consumer {
+        bootstrap: String,
+        source: KafkaError,
+    },
+
+    /// Reading the partitions, end offsets or records of a topic failed.
+    #[error("reading topic {topic}: {source}")]
+    Read { topic: String, source: KafkaError },
+
+    /// The blocking reader thread did not finish (it panicked or was cancelled).
+    #[error("reading topic {topic}: the reader task failed: {detail}")]
+    Task { topic: String, detail: String },
 }
 
 /// `Result` with this crate's [`Error`].

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use shop_domain::ControlRecord;
 
 use crate::status::{Replica, Status};
+use crate::verdict::{Outcome, Report};
 
 /// `rate 50/s, failure ratio 0.2, running, seed 0`.
 pub fn settings(record: &ControlRecord) -> String {
@@ -201,6 +202,64 @@ pub fn status_json(status: &Status) -> Value {
     })
 }
 
+/// The line of `shopctl verify`:
+/// `verify demo: 200 payments, 23 failed (observed 0.115, expected 0.100, 99.9% interval
+/// 8..=35 failures): OK`, the same ending in `FAILED`, or `verify demo: timed out after
+/// 3m: 57 of 200 payments seen on topic demo.payments`. Records that were not payments
+/// are mentioned when there were any.
+pub fn verified(pipeline: &str, payments_topic: &str, report: &Report) -> String {
+    let Report {
+        sample,
+        check,
+        outcome,
+    } = report;
+    let skipped = match sample.unparsable {
+        0 => String::new(),
+        1 => ", 1 unparsable record skipped".to_owned(),
+        n => format!(", {n} unparsable records skipped"),
+    };
+    let (interval, verdict) = match outcome {
+        Outcome::Within(interval) => (interval, "OK"),
+        Outcome::Outside(interval) => (interval, "FAILED"),
+        Outcome::TimedOut => {
+            return format!(
+                "verify {pipeline}: timed out after {}: {} of {} payments seen on topic {payments_topic}{skipped}",
+                humantime::format_duration(check.timeout),
+                sample.payments,
+                check.min_payments,
+            );
+        }
+    };
+    format!(
+        "verify {pipeline}: {} payments, {} failed{skipped} (observed {:.3}, expected {}, {} interval {}..={} failures): {verdict}",
+        sample.payments,
+        sample.failed,
+        sample.observed_ratio(),
+        ratio(check.expected),
+        percent(check.confidence),
+        interval.low,
+        interval.high,
+    )
+}
+
+/// A ratio with three decimals (`0.100`), or all it takes when three would round it
+/// (`0.0005`), so the expected value shown is the one tested.
+fn ratio(value: f64) -> String {
+    let short = format!("{value:.3}");
+    if short.parse::<f64>() == Ok(value) {
+        short
+    } else {
+        value.to_string()
+    }
+}
+
+/// A probability as a percentage without trailing zeros: `99.9%`, `95%`, `99.99%`.
+fn percent(probability: f64) -> String {
+    let text = format!("{:.6}", probability * 100.0);
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text}%")
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -208,6 +267,7 @@ mod tests {
     use shop_domain::Heartbeat;
 
     use super::*;
+    use crate::verdict::{Check, Interval, Sample};
 
     fn record(generation: u64) -> ControlRecord {
         ControlRecord {
@@ -321,6 +381,72 @@ warning: the heartbeat x is invalid: y
             (200_000, "2d"),
         ] {
             assert_eq!(short_duration(Duration::from_secs(secs)), shown);
+        }
+    }
+
+    fn report(payments: u64, failed: u64, unparsable: u64, outcome: Outcome) -> Report {
+        Report {
+            sample: Sample {
+                payments,
+                failed,
+                unparsable,
+            },
+            check: Check {
+                expected: 0.1,
+                confidence: 0.999,
+                min_payments: 200,
+                timeout: Duration::from_secs(180),
+            },
+            outcome,
+        }
+    }
+
+    #[test]
+    fn verify_prints_one_line_with_the_numbers() {
+        let interval = Interval { low: 8, high: 37 };
+        assert_eq!(
+            verified(
+                "demo/demo",
+                "payments",
+                &report(212, 23, 0, Outcome::Within(interval))
+            ),
+            "verify demo/demo: 212 payments, 23 failed (observed 0.108, expected 0.100, 99.9% interval 8..=37 failures): OK"
+        );
+        assert_eq!(
+            verified(
+                "demo",
+                "payments",
+                &report(200, 100, 3, Outcome::Outside(interval))
+            ),
+            "verify demo: 200 payments, 100 failed, 3 unparsable records skipped (observed 0.500, expected 0.100, 99.9% interval 8..=37 failures): FAILED"
+        );
+        assert_eq!(
+            verified(
+                "demo",
+                "demo.demo.payments",
+                &report(57, 5, 0, Outcome::TimedOut)
+            ),
+            "verify demo: timed out after 3m: 57 of 200 payments seen on topic demo.demo.payments"
+        );
+    }
+
+    #[test]
+    fn ratios_and_confidences_show_what_was_tested() {
+        for (value, shown) in [
+            (0.1, "0.100"),
+            (0.0, "0.000"),
+            (1.0, "1.000"),
+            (0.0005, "0.0005"),
+        ] {
+            assert_eq!(ratio(value), shown);
+        }
+        for (value, shown) in [
+            (0.999, "99.9%"),
+            (0.95, "95%"),
+            (0.9999, "99.99%"),
+            (0.5, "50%"),
+        ] {
+            assert_eq!(percent(value), shown);
         }
     }
 }

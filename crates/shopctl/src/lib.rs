@@ -3,18 +3,23 @@
 //! `shopctl set` publishes a pipeline's control record (rate, failure ratio, pause, seed)
 //! the way the controller does, on the same compacted topic, so services run by hand or in
 //! tests are tuned live; `shopctl status` shows the desired record next to what every
-//! replica reports in its heartbeat. The decisions (merging a change into the current
-//! record, building the status from the two topics, printing) are pure functions, tested
-//! without a broker; only [`set`] and [`status`] talk to Kafka.
+//! replica reports in its heartbeat; `shopctl verify` (the `helm test` of a pipeline)
+//! samples the payments made from now on and checks their failure ratio against the
+//! expected one. The decisions (merging a change into the current record, building the
+//! status from the two topics, the binomial test, printing) are pure functions, tested
+//! without a broker; only [`set`], [`status`] and [`verify`] talk to Kafka.
 //!
 //! # Layout
 //!
-//! - [`cli`]: the command line ([`Cli`]): global Kafka flags and the `set` and `status`
-//!   subcommands.
+//! - [`cli`]: the command line ([`Cli`]): global Kafka flags and the `set`, `status` and
+//!   `verify` subcommands.
 //! - [`change`]: [`Change`], a partial update, and how it becomes the next record.
 //! - [`status`]: [`Status`] and [`Replica`], built from the control and heartbeat tables.
-//! - [`format`]: what `shopctl` prints: a line per write, a table or JSON for status.
-//! - [`ops`]: [`set`] and [`status`], the Kafka side.
+//! - [`verdict`]: [`Report`], whether a sample of payments matches the expected failure
+//!   ratio (exact binomial interval).
+//! - [`format`]: what `shopctl` prints: a line per write, a table or JSON for status, a
+//!   line per verification.
+//! - [`ops`]: [`set`], [`status`] and [`verify`], the Kafka side.
 //! - [`error`]: the crate's [`Error`].
 
 #![forbid(unsafe_code)]
@@ -25,9 +30,11 @@ pub mod error;
 pub mod format;
 pub mod ops;
 pub mod status;
+pub mod verdict;
 
 pub use change::Change;
 pub use cli::Cli;
 pub use error::{Error, Result};
-pub use ops::{set, status};
+pub use ops::{set, status, verify};
 pub use status::{Replica, Status};
+pub use verdict::Report;

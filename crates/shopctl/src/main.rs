@@ -1,11 +1,14 @@
-//! `shopctl`: parses the command line, runs the subcommand and prints its result.
+//! `shopctl`: parses the command line, runs the subcommand and prints its result. Errors
+//! go to stderr with exit code 1; `verify` also exits 1 when the pipeline fails the check.
+
+use std::process::ExitCode;
 
 use clap::Parser;
 use shopctl::cli::{Command, Output};
 use shopctl::{Cli, format};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     shop_runtime::telemetry::init(shop_runtime::LogFormat::Text)?;
     match cli.command {
@@ -20,6 +23,16 @@ async fn main() -> anyhow::Result<()> {
                 Output::Json => println!("{:#}", format::status_json(&status)),
             }
         }
+        Command::Verify(args) => {
+            let report = shopctl::verify(&cli.kafka, &args).await?;
+            println!(
+                "{}",
+                format::verified(&cli.kafka.pipeline, &args.payments_topic, &report)
+            );
+            if !report.passed() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
