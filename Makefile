@@ -2,10 +2,16 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help bench demo generate test testbed testbed-up testbed-down testbed-status fmt lint
+.PHONY: help bench demo down generate images test testbed testbed-docker testbed-up testbed-down testbed-status up fmt lint
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+up: ## Run shopstream on a local kind cluster: cluster, images, chart, default pipeline Ready
+	scripts/cluster.sh up
+
+down: ## Delete the kind cluster of make up
+	scripts/cluster.sh down
 
 demo: ## Run the pipeline locally without Kubernetes; notifications stream here (Ctrl-C stops)
 	scripts/demo.sh
@@ -18,6 +24,14 @@ test: ## Everything CI runs: test bed up, fmt, clippy, all tests, test bed down
 
 testbed: ## Install the test bed (Kafka, Kubernetes, kwok, helm) into ~/.cache/shopstream
 	testbed/bed.sh install
+
+testbed-docker: ## Install and start the bed's Docker engine and its stand-in base images
+	testbed/kafka.sh install
+	testbed/docker.sh install
+	testbed/docker.sh up
+
+images: ## Build the four images from the Dockerfile (shopstream/<binary>:<version>)
+	scripts/images.sh build
 
 testbed-up: testbed ## Start the test bed and write target/testbed/env (source it)
 	testbed/bed.sh up

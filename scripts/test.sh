@@ -3,8 +3,15 @@
 #
 # Installs the test bed if missing, starts it, runs the format and lint checks and every
 # test of the workspace against it, and stops the bed again, also when something fails.
+#
+# The bed includes a Docker engine (testbed/docker.sh; it installs Debian's docker.io as
+# root), so the images are built from the Dockerfile and run. Without it
+# (SHOPSTREAM_TESTBED_COMPONENTS="kafka kube") the image tests are not run, and this
+# script says so.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+export SHOPSTREAM_TESTBED_COMPONENTS=${SHOPSTREAM_TESTBED_COMPONENTS:-kafka kube docker}
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
@@ -20,7 +27,7 @@ source target/testbed/env
 
 step "shellcheck"
 if command -v shellcheck >/dev/null; then
-  shellcheck -x testbed/*.sh scripts/*.sh .ci/run
+  shellcheck -x testbed/*.sh scripts/*.sh .ci/run testbed/images/kafka/docker/run testbed/images/kafka/bin/*.sh
 else
   echo "shellcheck not installed (apt-get install shellcheck); .ci/run installs it" >&2
   [[ -z ${CI:-} ]] || exit 1
@@ -35,5 +42,14 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo build (the binaries some tests start as processes)"
 cargo build --workspace --bins --locked
 
+exclude=()
+if [[ ${SHOPSTREAM_DOCKER:-} == 1 ]]; then
+  step "images: docker build (the Dockerfile's four targets)"
+  scripts/images.sh build
+else
+  echo "no Docker engine in the test bed: the image tests (crate shop-images) are NOT run" >&2
+  exclude=(--exclude shop-images)
+fi
+
 step "cargo test"
-cargo test --workspace --locked --no-fail-fast
+cargo test --workspace "${exclude[@]}" --locked --no-fail-fast

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# The whole test bed: Kafka and the Kubernetes control plane.
+# The whole test bed: Kafka, the Kubernetes control plane and, when asked, a Docker engine
+# with stand-ins for the public images (testbed/docker.sh).
 #
 #   bed.sh install   install every component into the cache (skips what is up to date)
 #   bed.sh up        start every component and write target/testbed/env (idempotent)
 #   bed.sh down      stop every component; no process is left behind
 #   bed.sh status    one line per component; exit 1 when any is down
 #
-# Components can be chosen with SHOPSTREAM_TESTBED_COMPONENTS (default "kafka kube").
+# Components can be chosen with SHOPSTREAM_TESTBED_COMPONENTS (default "kafka kube"; `make
+# test` and CI use "kafka kube docker"). docker comes after kafka: its Kafka stand-in is made
+# from the broker's jars.
 set -euo pipefail
 # shellcheck source=testbed/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -31,6 +34,11 @@ write_env() {
     if [[ " ${COMPONENTS[*]} " == *" kube "* ]]; then
       echo "export SHOPSTREAM_KUBECONFIG='$STATE/kubeconfig'"
       echo "export KUBECONFIG='$STATE/kubeconfig'"
+    fi
+    if [[ " ${COMPONENTS[*]} " == *" docker "* ]]; then
+      # The legacy builder resolves FROM against the stand-ins and never asks a registry.
+      echo "export SHOPSTREAM_DOCKER=1"
+      echo "export DOCKER_BUILDKIT=0"
     fi
     echo "export SHOPSTREAM_TESTBED_BIN='$BIN'"
     echo "export PATH=\"$BIN:\$PATH\""
