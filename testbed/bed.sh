@@ -8,8 +8,9 @@
 #   bed.sh status    one line per component; exit 1 when any is down
 #
 # Components can be chosen with SHOPSTREAM_TESTBED_COMPONENTS (default "kafka kube"; `make
-# test` and CI use "kafka kube docker"). docker comes after kafka: its Kafka stand-in is made
-# from the broker's jars.
+# test` and CI use "kafka kube docker kind"). docker comes after kafka (its Kafka stand-in is
+# made from the broker's jars), kind after kube and docker (its node image is made from the
+# bed's Kubernetes binaries by the bed's Docker engine).
 set -euo pipefail
 # shellcheck source=testbed/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -42,6 +43,9 @@ write_env() {
     fi
     echo "export SHOPSTREAM_TESTBED_BIN='$BIN'"
     echo "export PATH=\"$BIN:\$PATH\""
+    if [[ " ${COMPONENTS[*]} " == *" kind "* ]]; then
+      "$TESTBED_DIR/kind.sh" env
+    fi
   } >"$tmp"
   mv "$tmp" "$STATE/env"
 }
