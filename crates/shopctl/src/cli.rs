@@ -1,4 +1,4 @@
-//! The command line: `shopctl [KAFKA FLAGS] <set|status|verify> [FLAGS]`.
+//! The command line: `shopctl [KAFKA FLAGS] <set|status|verify|audit> [FLAGS]`.
 //!
 //! The Kafka flags (`--bootstrap-servers`, `--pipeline`, `--control-topic`,
 //! `--heartbeat-topic`, each with its environment variable) are global, so they may come
@@ -66,6 +66,34 @@ pub enum Command {
     /// (is the pipeline paused, or its rate 0?); and with an error on stderr when Kafka
     /// cannot be read or there is no control record to take the expected ratio from.
     Verify(VerifyArgs),
+    /// Checks after the fact that every order got exactly one payment (exactly-once
+    /// delivery).
+    ///
+    /// Intended use: pause the pipeline (`shopctl set --paused`, or `paused: true` in the
+    /// ShopPipeline), wait until it has drained (payment lag 0: the LAG column of
+    /// `kubectl get sp`, or the lag of payment-service's consumer group on the orders
+    /// topic), then audit. Orders still in flight when the audit starts show up as
+    /// "without a payment".
+    ///
+    /// Reads both topics from their beginning to their end offsets as of the start of the
+    /// command, with isolation.level=read_committed (payments of aborted transactions do
+    /// not count, nor do transactions still open at the start), and joins no consumer
+    /// group. Records that are not orders or payments are counted and reported, not
+    /// fatal. The order ids are held in memory (tens of bytes per record).
+    ///
+    /// Prints one line and exits 0 when every order has exactly one payment and every
+    /// payment an order:
+    ///
+    ///   audit demo.orders -> demo.payments: 12000 orders, 12000 payments, 0 orders
+    ///   without a payment, 0 duplicate payments, 0 payments for unknown orders: OK
+    ///
+    /// Otherwise the same line ends in FAILED, followed by up to 10 example order ids of
+    /// each problem (smallest first), and the exit code is 1. "Duplicate payments" counts
+    /// the payments of an order beyond its first; "unknown orders" are order ids of
+    /// payments that are not on the orders topic. It also exits 1 with what was read
+    /// when --timeout passes before both ends are reached, and with an error on stderr
+    /// when a topic does not exist or Kafka cannot be read.
+    Audit(AuditArgs),
 }
 
 #[derive(clap::Args, Debug, Clone, Default, PartialEq)]
@@ -152,6 +180,25 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "C", default_value_t = DEFAULT_CONFIDENCE,
           allow_negative_numbers = true, value_parser = parse_confidence)]
     pub confidence: f64,
+}
+
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct AuditArgs {
+    /// Topic of the pipeline's orders (`<namespace>.<pipeline>.orders` under the
+    /// controller).
+    #[arg(long, env = "ORDERS_TOPIC", value_name = "TOPIC")]
+    pub orders_topic: String,
+
+    /// Topic of the pipeline's payments (`<namespace>.<pipeline>.payments` under the
+    /// controller).
+    #[arg(long, env = "PAYMENTS_TOPIC", value_name = "TOPIC")]
+    pub payments_topic: String,
+
+    /// How long reading both topics to their ends may take, counted from the start of the
+    /// command (e.g. 90s, 2m, 1h 30m).
+    #[arg(long, value_name = "DURATION", default_value = "2m",
+          value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }
 
 /// A failure ratio: a number in `0..=1`.
@@ -311,6 +358,67 @@ mod tests {
         assert!(
             parse(&["verify"]).is_err(),
             "the payments topic is required"
+        );
+    }
+
+    #[test]
+    fn audit_needs_both_topics_and_waits_two_minutes_by_default() {
+        let Command::Audit(audit) = parse(&[
+            "--bootstrap-servers",
+            "kafka:9092",
+            "audit",
+            "--orders-topic",
+            "demo.orders",
+            "--payments-topic",
+            "demo.payments",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not audit");
+        };
+        assert_eq!(
+            audit,
+            AuditArgs {
+                orders_topic: "demo.orders".into(),
+                payments_topic: "demo.payments".into(),
+                timeout: Duration::from_secs(120),
+            }
+        );
+        let Command::Audit(audit) = parse(&[
+            "audit",
+            "--orders-topic",
+            "o",
+            "--payments-topic",
+            "p",
+            "--timeout",
+            "10m",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not audit");
+        };
+        assert_eq!(audit.timeout, Duration::from_secs(600));
+        // Only where the variables are unset: a test must not depend on the caller's
+        // environment.
+        if std::env::var_os("ORDERS_TOPIC").is_none() {
+            assert!(parse(&["audit", "--payments-topic", "p"]).is_err());
+        }
+        if std::env::var_os("PAYMENTS_TOPIC").is_none() {
+            assert!(parse(&["audit", "--orders-topic", "o"]).is_err());
+        }
+        assert!(
+            parse(&[
+                "audit",
+                "--orders-topic",
+                "o",
+                "--payments-topic",
+                "p",
+                "--timeout",
+                "2"
+            ])
+            .is_err()
         );
     }
 }

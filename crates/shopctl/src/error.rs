@@ -78,9 +78,18 @@ pub enum Error {
         source: shop_domain::ControlError,
     },
 
-    /// The payments topic to verify does not exist.
-    #[error("payments topic {topic} does not exist: check --payments-topic (or PAYMENTS_TOPIC)")]
-    NoPaymentsTopic { topic: String },
+    /// A topic to read (`what`: "payments", "orders") does not exist.
+    #[error("{what} topic {topic} does not exist: check {flag} (or {env})")]
+    NoTopic {
+        what: &'static str,
+        topic: String,
+        flag: &'static str,
+        env: &'static str,
+    },
+
+    /// `audit` was given one topic for both orders and payments.
+    #[error("--orders-topic and --payments-topic are both {topic}: give the pipeline's two topics")]
+    SameTopic { topic: String },
 
     #[error("creating a Kafka consumer for {bootstrap}: {source}")]
     Consumer {

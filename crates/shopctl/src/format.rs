@@ -1,5 +1,5 @@
-//! What shopctl prints. Pure functions of records and status, so the output is tested
-//! without a broker and `main` only chooses one and prints it.
+//! What shopctl prints. Pure functions of records, status and reports, so the output is
+//! tested without a broker and `main` only chooses one and prints it.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use shop_domain::ControlRecord;
 
+use crate::audit::{self, Problem, Tally};
 use crate::status::{Replica, Status};
 use crate::verdict::{Outcome, Report};
 
@@ -242,6 +243,105 @@ pub fn verified(pipeline: &str, payments_topic: &str, report: &Report) -> String
     )
 }
 
+/// What `shopctl audit` prints, without a final newline. One line when both topics were
+/// read:
+///
+/// `audit demo.orders -> demo.payments: 12000 orders, 12000 payments, 0 orders without a
+/// payment, 0 duplicate payments, 0 payments for unknown orders: OK`
+///
+/// or the same ending in `FAILED`, followed by a line per problem found with up to
+/// [`audit::EXAMPLES`] order ids (`duplicate payments: 1003 (2 payments), 1007 (3
+/// payments)`). Unparsable records and repeated order ids are mentioned after their
+/// topic's count when there are any. When the timeout passed first:
+/// `audit demo.orders -> demo.payments: timed out after 2m before reaching the end of
+/// demo.payments (1234 offsets left): 12000 orders, 9000 payments read`.
+pub fn audited(orders_topic: &str, payments_topic: &str, report: &audit::Report) -> String {
+    let findings = match &report.outcome {
+        audit::Outcome::Audited(findings) => findings,
+        audit::Outcome::TimedOut => {
+            let unread: Vec<String> = [
+                (orders_topic, report.orders),
+                (payments_topic, report.payments),
+            ]
+            .into_iter()
+            .filter(|(_, tally)| tally.offsets_left > 0)
+            .map(|(topic, tally)| format!("{topic} ({} offsets left)", tally.offsets_left))
+            .collect();
+            let ends = if unread.len() == 1 { "end" } else { "ends" };
+            return format!(
+                "audit {orders_topic} -> {payments_topic}: timed out after {} before reaching the {ends} of {}: {}, {} read",
+                humantime::format_duration(report.timeout),
+                unread.join(" and "),
+                counted(report.orders, "orders", 0),
+                counted(report.payments, "payments", 0),
+            );
+        }
+    };
+    let mut out = format!(
+        "audit {orders_topic} -> {payments_topic}: {}, {}, {} orders without a payment, {} duplicate payments, {} payments for unknown orders: {}",
+        counted(report.orders, "orders", findings.repeated_orders),
+        counted(report.payments, "payments", 0),
+        findings.without_payment.count,
+        findings.duplicates.count,
+        findings.unknown.count,
+        if report.passed() { "OK" } else { "FAILED" },
+    );
+    for (label, problem, show_payments) in [
+        ("orders without a payment", &findings.without_payment, false),
+        ("duplicate payments", &findings.duplicates, true),
+        ("payments for unknown orders", &findings.unknown, true),
+    ] {
+        if problem.count > 0 {
+            let _ = write!(out, "\n{label}: {}", examples(problem, show_payments));
+        }
+    }
+    out
+}
+
+/// `12000 orders`, with repeated order ids and unparsable records in parentheses when
+/// there are any: `12003 orders (3 repeated order ids, 1 unparsable record skipped)`.
+fn counted(tally: Tally, noun: &str, repeated: u64) -> String {
+    let notes: Vec<String> = [
+        match repeated {
+            0 => None,
+            1 => Some("1 repeated order id".to_owned()),
+            n => Some(format!("{n} repeated order ids")),
+        },
+        match tally.unparsable {
+            0 => None,
+            1 => Some("1 unparsable record skipped".to_owned()),
+            n => Some(format!("{n} unparsable records skipped")),
+        },
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if notes.is_empty() {
+        format!("{} {noun}", tally.records)
+    } else {
+        format!("{} {noun} ({})", tally.records, notes.join(", "))
+    }
+}
+
+/// `1003 (2 payments), 1007 (3 payments) and 12 more`: the example order ids of a problem.
+fn examples(problem: &Problem, show_payments: bool) -> String {
+    let ids: Vec<String> = problem
+        .examples
+        .iter()
+        .map(|&(order_id, payments)| match (show_payments, payments) {
+            (false, _) => order_id.to_string(),
+            (true, 1) => format!("{order_id} (1 payment)"),
+            (true, n) => format!("{order_id} ({n} payments)"),
+        })
+        .collect();
+    let more = problem.orders.saturating_sub(problem.examples.len() as u64);
+    let mut text = ids.join(", ");
+    if more > 0 {
+        let _ = write!(text, " and {more} more");
+    }
+    text
+}
+
 /// A ratio with three decimals (`0.100`), or all it takes when three would round it
 /// (`0.0005`), so the expected value shown is the one tested.
 fn ratio(value: f64) -> String {
@@ -427,6 +527,86 @@ warning: the heartbeat x is invalid: y
                 &report(57, 5, 0, Outcome::TimedOut)
             ),
             "verify demo: timed out after 3m: 57 of 200 payments seen on topic demo.demo.payments"
+        );
+    }
+
+    fn audit_report(orders: audit::Read, payments: audit::Read) -> audit::Report {
+        audit::judge(&orders, &payments, Duration::from_secs(120))
+    }
+
+    fn ids(ids: impl IntoIterator<Item = u64>) -> audit::Read {
+        audit::Read {
+            order_ids: ids.into_iter().collect(),
+            ..audit::Read::default()
+        }
+    }
+
+    #[test]
+    fn a_clean_audit_is_one_line_ending_in_ok() {
+        assert_eq!(
+            audited(
+                "demo.orders",
+                "demo.payments",
+                &audit_report(ids(1..=12_000), ids(1..=12_000))
+            ),
+            "audit demo.orders -> demo.payments: 12000 orders, 12000 payments, 0 orders without a payment, 0 duplicate payments, 0 payments for unknown orders: OK"
+        );
+    }
+
+    #[test]
+    fn a_failed_audit_lists_example_order_ids_per_problem() {
+        // 1..=30 ordered; 1..=5 and 21..=30 unpaid (15), 6 paid twice, 7 three times,
+        // 99 unknown and paid once.
+        let payments = (6..=20).chain([6, 7, 7, 99]);
+        assert_eq!(
+            audited("o", "p", &audit_report(ids(1..=30), ids(payments))),
+            "audit o -> p: 30 orders, 19 payments, 15 orders without a payment, 3 duplicate payments, 1 payments for unknown orders: FAILED
+orders without a payment: 1, 2, 3, 4, 5, 21, 22, 23, 24, 25 and 5 more
+duplicate payments: 6 (2 payments), 7 (3 payments)
+payments for unknown orders: 99 (1 payment)"
+        );
+        // Only the problems found get a line.
+        assert_eq!(
+            audited("o", "p", &audit_report(ids([1, 2]), ids([1]))),
+            "audit o -> p: 2 orders, 1 payments, 1 orders without a payment, 0 duplicate payments, 0 payments for unknown orders: FAILED
+orders without a payment: 2"
+        );
+    }
+
+    #[test]
+    fn unparsable_records_and_repeated_orders_are_noted_after_their_topic() {
+        let orders = audit::Read {
+            unparsable: 1,
+            ..ids([1, 2, 2, 3])
+        };
+        let payments = audit::Read {
+            unparsable: 2,
+            ..ids([1, 2, 3])
+        };
+        assert_eq!(
+            audited("o", "p", &audit_report(orders, payments)),
+            "audit o -> p: 4 orders (1 repeated order id, 1 unparsable record skipped), 3 payments (2 unparsable records skipped), 0 orders without a payment, 0 duplicate payments, 0 payments for unknown orders: OK"
+        );
+    }
+
+    #[test]
+    fn a_timed_out_audit_says_which_end_was_not_reached_and_what_was_read() {
+        let payments = audit::Read {
+            offsets_left: 1234,
+            ..ids(1..=9)
+        };
+        assert_eq!(
+            audited("o", "p", &audit_report(ids(1..=12), payments.clone())),
+            "audit o -> p: timed out after 2m before reaching the end of p (1234 offsets left): 12 orders, 9 payments read"
+        );
+        let orders = audit::Read {
+            offsets_left: 5,
+            unparsable: 1,
+            ..ids(1..=12)
+        };
+        assert_eq!(
+            audited("o", "p", &audit_report(orders, payments)),
+            "audit o -> p: timed out after 2m before reaching the ends of o (5 offsets left) and p (1234 offsets left): 12 orders (1 unparsable record skipped), 9 payments read"
         );
     }
 

@@ -1,5 +1,6 @@
 //! `shopctl`: parses the command line, runs the subcommand and prints its result. Errors
-//! go to stderr with exit code 1; `verify` also exits 1 when the pipeline fails the check.
+//! go to stderr with exit code 1; `verify` and `audit` also exit 1 when the pipeline fails
+//! the check.
 
 use std::process::ExitCode;
 
@@ -28,6 +29,16 @@ async fn main() -> anyhow::Result<ExitCode> {
             println!(
                 "{}",
                 format::verified(&cli.kafka.pipeline, &args.payments_topic, &report)
+            );
+            if !report.passed() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Audit(args) => {
+            let report = shopctl::audit(&cli.kafka, &args).await?;
+            println!(
+                "{}",
+                format::audited(&args.orders_topic, &args.payments_topic, &report)
             );
             if !report.passed() {
                 return Ok(ExitCode::FAILURE);

@@ -1,24 +1,26 @@
 //! The Kafka side of shopctl: reading the control and heartbeat tables, writing a
-//! control record, and sampling the payments topic. No consumer group is used, so shopctl
-//! never disturbs the services'.
+//! control record, sampling the payments topic, and reading the orders and payments
+//! topics to their ends for an audit. No consumer group is used, so shopctl never
+//! disturbs the services'.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use shop_domain::{ControlRecord, Payment};
+use shop_domain::{ControlRecord, InvalidMessage, Order, Payment};
 use shop_kafka::KafkaArgs;
 use shop_kafka::compacted::read_table;
 use shop_kafka::context::QuietEof;
 use shop_kafka::topics::{TopicSpec, ensure_topics};
 use tracing::{debug, info, warn};
 
+use crate::audit::{self, Ends, Read};
 use crate::change::Change;
-use crate::cli::VerifyArgs;
+use crate::cli::{AuditArgs, VerifyArgs};
 use crate::error::{Error, Result};
 use crate::status::Status;
 use crate::verdict::{Check, Report, Sample, judge};
@@ -29,8 +31,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the broker has to acknowledge the control record.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The longest a poll of the payments topic blocks, and so how late the reader sees its
-/// deadline at most.
+/// The longest a poll of a topic blocks, and so how late a reader sees its deadline at
+/// most.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 /// The metadata error of a topic that does not exist.
@@ -168,10 +170,6 @@ fn sample_payments(
     wanted: u64,
     deadline: Instant,
 ) -> Result<Sample> {
-    let read_error = |source| Error::Read {
-        topic: topic.to_owned(),
-        source,
-    };
     let consumer: BaseConsumer<QuietEof> = kafka
         .client_config("shopctl-verify")
         .set("group.id", "shopctl-verify")
@@ -185,35 +183,21 @@ fn sample_payments(
 
     // Finding the end is not bounded by the deadline: without it there is no sample at
     // all, and an unreachable broker is an error of its own.
-    let metadata = consumer
-        .fetch_metadata(Some(topic), READ_TIMEOUT)
-        .map_err(read_error)?;
-    let found = metadata.topics().iter().find(|t| t.name() == topic);
-    let partitions: Vec<i32> = match found.map(|t| (t.error(), t.partitions())) {
-        Some((None, partitions)) if !partitions.is_empty() => {
-            partitions.iter().map(|p| p.id()).collect()
-        }
-        Some((Some(code), _)) if RDKafkaErrorCode::from(code) != UNKNOWN_TOPIC => {
-            return Err(read_error(KafkaError::MetadataFetch(code.into())));
-        }
-        _ => {
-            return Err(Error::NoPaymentsTopic {
-                topic: topic.to_owned(),
-            });
-        }
-    };
+    let partitions = partitions(&consumer, topic, PAYMENTS)?;
     let mut assignment = TopicPartitionList::new();
     let mut start = BTreeMap::new();
     for partition in partitions {
         let (_, end) = consumer
             .fetch_watermarks(topic, partition, READ_TIMEOUT)
-            .map_err(read_error)?;
+            .map_err(|e| read_error(topic, e))?;
         assignment
             .add_partition_offset(topic, partition, Offset::Offset(end))
-            .map_err(read_error)?;
+            .map_err(|e| read_error(topic, e))?;
         start.insert(partition, end);
     }
-    consumer.assign(&assignment).map_err(read_error)?;
+    consumer
+        .assign(&assignment)
+        .map_err(|e| read_error(topic, e))?;
     info!(topic, from_offsets = ?start, wanted, "reading payments made from now on");
 
     let mut sample = Sample::default();
@@ -256,4 +240,216 @@ fn sample_payments(
         "sample read"
     );
     Ok(sample)
+}
+
+/// A topic shopctl reads: what it holds, the flag that names it (for errors), and how to
+/// find the order id in one of its records.
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    what: &'static str,
+    flag: &'static str,
+    env: &'static str,
+    order_id: fn(&[u8]) -> std::result::Result<u64, InvalidMessage>,
+}
+
+const ORDERS: Source = Source {
+    what: "orders",
+    flag: "--orders-topic",
+    env: "ORDERS_TOPIC",
+    order_id: order_id_of_order,
+};
+
+const PAYMENTS: Source = Source {
+    what: "payments",
+    flag: "--payments-topic",
+    env: "PAYMENTS_TOPIC",
+    order_id: order_id_of_payment,
+};
+
+fn order_id_of_order(bytes: &[u8]) -> std::result::Result<u64, InvalidMessage> {
+    Order::parse(bytes).map(|order| order.order_id)
+}
+
+fn order_id_of_payment(bytes: &[u8]) -> std::result::Result<u64, InvalidMessage> {
+    Payment::parse(bytes).map(|payment| payment.order_id)
+}
+
+/// The partitions of `topic`; [`Error::NoTopic`] naming `source`'s flag when it does not
+/// exist.
+fn partitions<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    source: Source,
+) -> Result<Vec<i32>> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), READ_TIMEOUT)
+        .map_err(|e| read_error(topic, e))?;
+    let found = metadata.topics().iter().find(|t| t.name() == topic);
+    match found.map(|t| (t.error(), t.partitions())) {
+        Some((None, partitions)) if !partitions.is_empty() => {
+            Ok(partitions.iter().map(|p| p.id()).collect())
+        }
+        Some((Some(code), _)) if RDKafkaErrorCode::from(code) != UNKNOWN_TOPIC => {
+            Err(read_error(topic, KafkaError::MetadataFetch(code.into())))
+        }
+        _ => Err(Error::NoTopic {
+            what: source.what,
+            topic: topic.to_owned(),
+            flag: source.flag,
+            env: source.env,
+        }),
+    }
+}
+
+fn read_error(topic: &str, source: KafkaError) -> Error {
+    Error::Read {
+        topic: topic.to_owned(),
+        source,
+    }
+}
+
+/// Checks after the fact that every order got exactly one payment (`shopctl audit`; see
+/// its `--help` and [`mod@crate::audit`]).
+///
+/// Both topics are read from their beginning to their end offsets as of the call, with
+/// isolation.level=read_committed, by one consumer each and no consumer group. The ends
+/// of the payments topic are taken before those of the orders topic: in a pipeline that
+/// is still running, an order paid in between then shows as without a payment (it was in
+/// flight) rather than its payment as one for an unknown order.
+///
+/// Errors (a missing topic, an unreachable broker) come before any reading; the timeout
+/// counts from the call and only ends the reading, with what was read reported.
+pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> Result<audit::Report> {
+    let deadline = Instant::now() + args.timeout;
+    if args.orders_topic == args.payments_topic {
+        return Err(Error::SameTopic {
+            topic: args.orders_topic.clone(),
+        });
+    }
+    let both = format!("{} and {}", args.orders_topic, args.payments_topic);
+    let task_error = |e: tokio::task::JoinError| Error::Task {
+        topic: both.clone(),
+        detail: e.to_string(),
+    };
+
+    let (opening_kafka, opening) = (kafka.clone(), args.clone());
+    let (payments, orders) = tokio::task::spawn_blocking(move || {
+        let payments = Reader::open(&opening_kafka, &opening.payments_topic, PAYMENTS)?;
+        let orders = Reader::open(&opening_kafka, &opening.orders_topic, ORDERS)?;
+        Ok::<_, Error>((payments, orders))
+    })
+    .await
+    .map_err(task_error)??;
+    info!(
+        orders_topic = %args.orders_topic,
+        orders_end = ?orders.ends.end_offsets(),
+        payments_topic = %args.payments_topic,
+        payments_end = ?payments.ends.end_offsets(),
+        "auditing up to these end offsets"
+    );
+
+    let (orders, payments) = tokio::try_join!(
+        tokio::task::spawn_blocking(move || orders.read(deadline)),
+        tokio::task::spawn_blocking(move || payments.read(deadline)),
+    )
+    .map_err(task_error)?;
+    Ok(audit::judge(&orders, &payments, args.timeout))
+}
+
+/// A consumer assigned to every non-empty partition of one topic from its beginning, and
+/// the end offsets it reads to. Blocking: runs on a blocking thread.
+struct Reader {
+    consumer: BaseConsumer<QuietEof>,
+    topic: String,
+    source: Source,
+    ends: Ends,
+}
+
+impl Reader {
+    /// Finds the partitions of `topic` and their end offsets now, and assigns them.
+    fn open(kafka: &KafkaArgs, topic: &str, source: Source) -> Result<Reader> {
+        let consumer: BaseConsumer<QuietEof> = kafka
+            .client_config("shopctl-audit")
+            .set("group.id", "shopctl-audit")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_committed")
+            .create_with_context(QuietEof)
+            .map_err(|source| Error::Consumer {
+                bootstrap: kafka.bootstrap_servers.clone(),
+                source,
+            })?;
+        let mut ends = Ends::default();
+        for partition in partitions(&consumer, topic, source)? {
+            // A read_committed consumer is given the last stable offset as the high
+            // watermark: a transaction still open now lies beyond the end.
+            let (low, high) = consumer
+                .fetch_watermarks(topic, partition, READ_TIMEOUT)
+                .map_err(|e| read_error(topic, e))?;
+            ends.add(partition, low, high);
+        }
+        let mut assignment = TopicPartitionList::new();
+        for partition in ends.pending() {
+            assignment
+                .add_partition_offset(topic, partition, Offset::Beginning)
+                .map_err(|e| read_error(topic, e))?;
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(|e| read_error(topic, e))?;
+        Ok(Reader {
+            consumer,
+            topic: topic.to_owned(),
+            source,
+            ends,
+        })
+    }
+
+    /// The order ids of the records before the ends, read until every partition is done
+    /// or `deadline` passed.
+    fn read(mut self, deadline: Instant) -> Read {
+        let topic = self.topic.as_str();
+        let mut read = Read::default();
+        while !self.ends.done() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.consumer.poll(left.min(POLL_INTERVAL)) {
+                None => {}
+                Some(Ok(message)) => {
+                    let (partition, offset) = (message.partition(), message.offset());
+                    if !self.ends.record(partition, offset) {
+                        continue;
+                    }
+                    match message.payload().map(self.source.order_id) {
+                        Some(Ok(order_id)) => read.add(order_id),
+                        Some(Err(error)) => {
+                            read.skip();
+                            debug!(topic, partition, offset, %error, "unparsable record");
+                        }
+                        None => {
+                            read.skip();
+                            debug!(topic, partition, offset, "a record without a value");
+                        }
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(partition))) => {
+                    self.ends.reached_end(partition);
+                }
+                // librdkafka retries by itself; a broker that stays away shows as a timeout.
+                Some(Err(error)) => warn!(topic, %error, "reading; retrying"),
+            }
+        }
+        read.offsets_left = self.ends.left();
+        info!(
+            topic,
+            what = self.source.what,
+            records = read.order_ids.len(),
+            unparsable = read.unparsable,
+            offsets_left = read.offsets_left,
+            "read"
+        );
+        read
+    }
 }
