@@ -5,13 +5,14 @@
 # test of the workspace against it, and stops the bed again, also when something fails.
 #
 # The bed includes a Docker engine (testbed/docker.sh; it installs Debian's docker.io as
-# root), so the images are built from the Dockerfile and run. Without it
-# (SHOPSTREAM_TESTBED_COMPONENTS="kafka kube") the image tests are not run, and this
-# script says so.
+# root) and kind with a locally built node image (testbed/kind.sh), so the images are built
+# from the Dockerfile and run, and the user's flow runs on kind. Without them
+# (SHOPSTREAM_TESTBED_COMPONENTS="kafka kube") those tests are not run, and this script
+# says so.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-export SHOPSTREAM_TESTBED_COMPONENTS=${SHOPSTREAM_TESTBED_COMPONENTS:-kafka kube docker}
+export SHOPSTREAM_TESTBED_COMPONENTS=${SHOPSTREAM_TESTBED_COMPONENTS:-kafka kube docker kind}
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
@@ -27,7 +28,8 @@ source target/testbed/env
 
 step "shellcheck"
 if command -v shellcheck >/dev/null; then
-  shellcheck -x testbed/*.sh scripts/*.sh .ci/run testbed/images/kafka/docker/run testbed/images/kafka/bin/*.sh
+  shellcheck -x testbed/*.sh scripts/*.sh .ci/run testbed/images/kafka/docker/run testbed/images/kafka/bin/*.sh \
+    testbed/kind/docker-shim testbed/kind/entrypoint-unpriv testbed/kind/kindnetd
 else
   echo "shellcheck not installed (apt-get install shellcheck); .ci/run installs it" >&2
   [[ -z ${CI:-} ]] || exit 1
@@ -49,6 +51,10 @@ if [[ ${SHOPSTREAM_DOCKER:-} == 1 ]]; then
 else
   echo "no Docker engine in the test bed: the image tests (crate shop-images) are NOT run" >&2
   exclude=(--exclude shop-images)
+fi
+if [[ -z ${KIND_NODE_IMAGE:-} ]]; then
+  echo "no kind in the test bed: the flow on kind (crate shop-kind) is NOT run" >&2
+  exclude+=(--exclude shop-kind)
 fi
 
 step "cargo test"
