@@ -23,6 +23,19 @@ report=$(mktemp)
   echo "compares against a baseline measured in the same run on the same broker."
   echo
   "$target/release/shop-bench" --bootstrap-servers "127.0.0.1:${SHOPSTREAM_KAFKA_PORT:-19092}"
+  echo
+  # Memory on kind: with the test bed's node image (and docker shim) when it has them.
+  if testbed/kind.sh status >/dev/null 2>&1; then
+    eval "$(testbed/kind.sh env)"
+  fi
+  if command -v docker >/dev/null && docker info >/dev/null 2>&1 \
+    && { command -v kind >/dev/null || [[ -n ${KIND_NODE_IMAGE:-} ]]; }; then
+    scripts/kind-memory.sh
+  else
+    echo "## Memory on kind"
+    echo
+    echo "Not measured in this run: it needs Docker and kind (\`make testbed-kind\` on the test bed)."
+  fi
 } >"$report"
 mv "$report" docs/benchmarks.md
 cat docs/benchmarks.md
