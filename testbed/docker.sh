@@ -67,6 +67,7 @@ install_packages() {
   local missing=()
   command -v dockerd >/dev/null || missing+=(docker.io)
   command -v debootstrap >/dev/null || missing+=(debootstrap)
+  command -v jq >/dev/null || missing+=(jq) # kind.sh's node image
   ((${#missing[@]})) || return 0
   [[ $(id -u) == 0 ]] || die docker "missing ${missing[*]}: install them (apt-get install ${missing[*]}) or run as root"
   log "docker: apt-get install ${missing[*]}"
