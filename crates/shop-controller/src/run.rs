@@ -117,6 +117,7 @@ pub enum Error {
 async fn sweep_periodically(
     ctx: Arc<Context>,
     pipelines: Api<ShopPipeline>,
+    scope: Option<String>,
     every: std::time::Duration,
     shutdown: CancellationToken,
 ) {
@@ -126,7 +127,7 @@ async fn sweep_periodically(
             () = shutdown.cancelled() => return,
             _ = period.tick() => {}
         }
-        if let Err(error) = crate::sweep::sweep(&ctx, &pipelines).await {
+        if let Err(error) = crate::sweep::sweep(&ctx, &pipelines, scope.as_deref()).await {
             warn!(%error, "topic sweep failed; retrying next period");
         }
     }
@@ -235,6 +236,7 @@ async fn run_as_leader(
     tokio::spawn(sweep_periodically(
         Arc::clone(&ctx),
         pipelines.clone(),
+        config.watch_namespace.clone(),
         sweep_every,
         shutdown.clone(),
     ));

@@ -7,6 +7,10 @@
 //! `<namespace>/<name>` (so this controller created the pipeline), and the API server,
 //! asked just now, has no such ShopPipeline. The control record is then removed with a
 //! tombstone.
+//!
+//! The control topic is shared by every controller of the cluster: a controller that
+//! watches one namespace sweeps only that namespace's pipelines. The others' are not in
+//! its list of existing pipelines, which would make them look deleted.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -32,23 +36,34 @@ pub fn pipeline_of_topic(topic: &str) -> Option<String> {
         .then(|| format!("{namespace}/{name}"))
 }
 
-/// Topics to delete: pipeline topics whose pipeline has a control record but no resource.
+/// Topics to delete: pipeline topics whose pipeline has a control record but no resource,
+/// in `scope` (the watched namespace) when the controller watches only one.
 pub fn orphans(
     topics: &[String],
     published: &BTreeSet<String>,
     existing: &BTreeSet<String>,
+    scope: Option<&str>,
 ) -> Vec<String> {
+    let in_scope = |pipeline: &str| {
+        scope.is_none_or(|namespace| pipeline.split_once('/').map(|(ns, _)| ns) == Some(namespace))
+    };
     topics
         .iter()
         .filter(|t| {
-            pipeline_of_topic(t).is_some_and(|p| published.contains(&p) && !existing.contains(&p))
+            pipeline_of_topic(t)
+                .is_some_and(|p| in_scope(&p) && published.contains(&p) && !existing.contains(&p))
         })
         .cloned()
         .collect()
 }
 
-/// One sweep. Returns the topics it deleted.
-pub async fn sweep(ctx: &Context, pipelines: &Api<ShopPipeline>) -> anyhow::Result<Vec<String>> {
+/// One sweep of the pipelines in `scope` (every namespace when `None`; `pipelines` lists
+/// the same scope). Returns the topics it deleted.
+pub async fn sweep(
+    ctx: &Context,
+    pipelines: &Api<ShopPipeline>,
+    scope: Option<&str>,
+) -> anyhow::Result<Vec<String>> {
     let existing: BTreeSet<String> = pipelines
         .list(&ListParams::default())
         .await?
@@ -80,7 +95,7 @@ pub async fn sweep(ctx: &Context, pipelines: &Api<ShopPipeline>) -> anyhow::Resu
             .collect())
     })
     .await??;
-    let doomed = orphans(&topics, &published, &existing);
+    let doomed = orphans(&topics, &published, &existing, scope);
     if doomed.is_empty() {
         return Ok(doomed);
     }
@@ -142,7 +157,27 @@ mod tests {
         ]
         .map(String::from)
         .to_vec();
-        let doomed = orphans(&topics, &set(&["a/gone", "a/live"]), &set(&["a/live"]));
+        let doomed = orphans(
+            &topics,
+            &set(&["a/gone", "a/live"]),
+            &set(&["a/live"]),
+            None,
+        );
         assert_eq!(doomed, ["a.gone.orders", "a.gone.payments"]);
+    }
+
+    #[test]
+    fn a_namespaced_sweep_judges_only_its_own_namespace() {
+        let topics: Vec<String> = ["a.gone.orders", "b.live.orders"]
+            .map(String::from)
+            .to_vec();
+        // Watching `a`, the controller lists only a's pipelines: b/live is not among them.
+        let published = set(&["a/gone", "b/live"]);
+        let existing = set(&[]);
+        assert_eq!(
+            orphans(&topics, &published, &existing, Some("a")),
+            ["a.gone.orders"]
+        );
+        assert_eq!(orphans(&topics, &published, &existing, None).len(), 2);
     }
 }
