@@ -3,7 +3,8 @@
 //! The topic is read from the beginning (it is compacted: the latest record per pipeline is
 //! the desired state) and then followed. Records of other pipelines are skipped; invalid
 //! records are logged and skipped, never applied; a record whose generation is not newer
-//! than the applied one is a replay and is ignored. The latest valid record is handed to
+//! than the applied one is a replay and is ignored. A tombstone (the pipeline was deleted)
+//! resets that: a pipeline created again under the same name starts at generation 1. The latest valid record is handed to
 //! the service through a `watch` channel, so a burst of records costs the service one
 //! wake-up and it always sees the newest.
 //!
@@ -133,7 +134,11 @@ impl Follower {
 
     fn offer(&mut self, payload: Option<&[u8]>, offset: i64) {
         let Some(payload) = payload else {
-            debug!(pipeline = %self.pipeline, offset, "control record deleted; keeping the applied settings");
+            // The pipeline was deleted. One created again under the same name starts over at
+            // generation 1, so the next record is taken whatever its generation; until then
+            // the applied settings stay.
+            info!(pipeline = %self.pipeline, offset, "control record deleted; the next record starts a new pipeline");
+            self.latest = None;
             return;
         };
         let record = match ControlRecord::parse(payload) {

@@ -194,3 +194,52 @@ async fn ensuring_topics_twice_is_harmless() {
         .await
         .unwrap();
 }
+
+async fn tombstone(args: &KafkaArgs, key: &str) {
+    let producer: FutureProducer = args.client_config("test").create().unwrap();
+    producer
+        .send(
+            FutureRecord::<str, [u8]>::to(&args.control_topic).key(key),
+            TIMEOUT,
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+}
+
+/// A pipeline deleted and created again starts over at generation 1: the tombstone
+/// between them resets the follower, at start and live.
+#[tokio::test]
+async fn a_tombstone_resets_the_follower_for_a_pipeline_created_again() {
+    let (args, _topics) = isolated_args().await;
+    publish(&args, &args.pipeline, &record(5, 50.0).to_json()).await;
+    tombstone(&args, &args.pipeline).await;
+    publish(&args, &args.pipeline, &record(1, 3.0).to_json()).await;
+
+    let shutdown = CancellationToken::new();
+    let mut rx = shop_kafka::control::follow(&args, shutdown.clone())
+        .await
+        .unwrap();
+    let initial = rx.borrow_and_update().clone().expect("a record at start");
+    assert_eq!(
+        (initial.generation, initial.orders_per_second),
+        (1, 3.0),
+        "a new replica applies the re-created pipeline's record, not the deleted one's"
+    );
+
+    // Deleted and created again while the follower runs.
+    tombstone(&args, &args.pipeline).await;
+    publish(&args, &args.pipeline, &record(1, 4.0).to_json()).await;
+    let applied = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            rx.changed().await.unwrap();
+            if let Some(record) = rx.borrow_and_update().clone() {
+                return record;
+            }
+        }
+    })
+    .await
+    .expect("the re-created pipeline's record was not applied");
+    assert_eq!((applied.generation, applied.orders_per_second), (1, 4.0));
+    shutdown.cancel();
+}
