@@ -15,8 +15,8 @@ pub struct CommonArgs {
     #[arg(long, env = "HTTP_PORT", value_name = "PORT")]
     pub http_port: Option<u16>,
 
-    /// Name of this replica in heartbeats and logs [default: $HOSTNAME, the Pod's name under
-    /// Kubernetes, else local-PID].
+    /// Name of this replica in heartbeats, transactional ids and logs [default: the Pod's
+    /// name ($HOSTNAME) under Kubernetes, else HOSTNAME-PID, unique per process].
     #[arg(long = "instance", env = "INSTANCE_ID", value_name = "NAME", value_parser = parse_instance)]
     pub instance_id: Option<String>,
 }
@@ -31,20 +31,29 @@ impl CommonArgs {
         self.http_port.unwrap_or(default)
     }
 
-    /// This replica's name: `--instance`/`INSTANCE_ID`, else `HOSTNAME` (which Kubernetes
-    /// sets to the Pod's name), else `local-<pid>`. It becomes the last segment of the
-    /// heartbeat key `<ns>/<pipeline>/<service>/<instance>`, so it never contains `/`.
+    /// This replica's name: `--instance`/`INSTANCE_ID`; else, in a Pod, `HOSTNAME` (which
+    /// Kubernetes sets to the Pod's name, unique among the replicas); else
+    /// `<hostname>-<pid>` (or `local-<pid>`), unique per process, because replicas started
+    /// by hand on one machine share its host name and would otherwise share a
+    /// transactional id and fence each other. It becomes the last segment of the heartbeat
+    /// key `<ns>/<pipeline>/<service>/<instance>`, so it never contains `/`.
     pub fn instance(&self) -> String {
-        self.instance_id
-            .clone()
-            .unwrap_or_else(|| default_instance(std::env::var("HOSTNAME").ok(), std::process::id()))
+        self.instance_id.clone().unwrap_or_else(|| {
+            default_instance(
+                std::env::var("HOSTNAME").ok(),
+                std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+                std::process::id(),
+            )
+        })
     }
 }
 
-fn default_instance(hostname: Option<String>, pid: u32) -> String {
-    hostname
-        .filter(|name| parse_instance(name).is_ok())
-        .unwrap_or_else(|| format!("local-{pid}"))
+fn default_instance(hostname: Option<String>, in_kubernetes: bool, pid: u32) -> String {
+    match hostname.filter(|name| parse_instance(name).is_ok()) {
+        Some(pod) if in_kubernetes => pod,
+        Some(host) => format!("{host}-{pid}"),
+        None => format!("local-{pid}"),
+    }
 }
 
 /// Rejects names that would break the heartbeat key or be invisible in logs.
@@ -126,12 +135,16 @@ mod tests {
     }
 
     #[test]
-    fn instance_defaults_to_hostname_then_pid() {
+    fn instance_defaults_to_the_pod_name_else_one_per_process() {
         assert_eq!(
-            default_instance(Some("orders-7d9f-x2".into()), 42),
+            default_instance(Some("orders-7d9f-x2".into()), true, 42),
             "orders-7d9f-x2"
         );
-        assert_eq!(default_instance(None, 42), "local-42");
-        assert_eq!(default_instance(Some(String::new()), 42), "local-42");
+        assert_eq!(
+            default_instance(Some("laptop".into()), false, 42),
+            "laptop-42"
+        );
+        assert_eq!(default_instance(None, false, 42), "local-42");
+        assert_eq!(default_instance(Some(String::new()), true, 42), "local-42");
     }
 }
