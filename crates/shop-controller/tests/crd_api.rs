@@ -162,3 +162,25 @@ async fn kubectl_get_sp_shows_the_printer_columns() {
         "{table}"
     );
 }
+
+/// A pipeline's name ends up in label values (`app.kubernetes.io/instance`), which hold at
+/// most 63 characters: a longer name is refused at `kubectl apply`, not discovered when
+/// its Deployments cannot be created.
+#[tokio::test]
+async fn a_name_too_long_for_a_label_value_is_refused() {
+    let bed = testbed();
+    let client = bed.kube_client().await.unwrap();
+    install_crd(client.clone()).await;
+    let namespace = bed.namespace("crd-name").await.unwrap();
+    let resource = kube::core::ApiResource::erase::<ShopPipeline>(&());
+    let api: Api<kube::core::DynamicObject> =
+        Api::namespaced_with(client, namespace.name(), &resource);
+    let spec = json!({"ordersPerSecond": 1, "paymentFailureRatio": 0.1});
+    let longest = "p".repeat(shop_controller::crd::MAX_NAME_LENGTH);
+    create(&api, pipeline(&longest, spec.clone()))
+        .await
+        .unwrap();
+    let too_long = format!("{longest}q");
+    let message = refusal(create(&api, pipeline(&too_long, spec)).await);
+    assert!(message.contains("63 characters"), "{message}");
+}
