@@ -67,7 +67,9 @@ pub const MAX_NAME_LENGTH: usize = 63;
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(validation = kube::core::Rule::new("!has(oldSelf.partitions) || (has(self.partitions) && self.partitions >= oldSelf.partitions)").message("partitions can only grow: Kafka cannot remove partitions from a topic"))]
+// Partitions never shrink, an omitted value counting as the default (6, DEFAULT_PARTITIONS)
+// that the topics were created with.
+#[x_kube(validation = kube::core::Rule::new("(has(self.partitions) ? self.partitions : 6) >= (has(oldSelf.partitions) ? oldSelf.partitions : 6)").message("partitions can only grow: Kafka cannot remove partitions from a topic"))]
 #[serde(rename_all = "camelCase")]
 pub struct ShopPipelineSpec {
     /// Orders generated per second across all order-service replicas (fractional allowed).
@@ -223,6 +225,16 @@ mod tests {
         assert_eq!(
             rule,
             format!("self.metadata.name.size() <= {MAX_NAME_LENGTH}")
+        );
+    }
+
+    #[test]
+    fn the_partitions_rule_counts_an_omitted_value_as_the_default() {
+        let crd = serde_json::to_string(&ShopPipeline::crd()).unwrap();
+        let default = format!("has(self.partitions) ? self.partitions : {DEFAULT_PARTITIONS}");
+        assert!(
+            crd.contains(&default),
+            "the rule does not use DEFAULT_PARTITIONS"
         );
     }
 }

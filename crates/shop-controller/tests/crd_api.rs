@@ -184,3 +184,35 @@ async fn a_name_too_long_for_a_label_value_is_refused() {
     let message = refusal(create(&api, pipeline(&too_long, spec)).await);
     assert!(message.contains("63 characters"), "{message}");
 }
+
+/// A pipeline created without `partitions` has topics of the default size: setting a
+/// smaller count later is a shrink and refused; a larger one is growth.
+#[tokio::test]
+async fn partitions_cannot_shrink_below_the_default_they_were_created_with() {
+    let bed = testbed();
+    let client = bed.kube_client().await.unwrap();
+    install_crd(client.clone()).await;
+    let namespace = bed.namespace("crd-partitions").await.unwrap();
+    let resource = kube::core::ApiResource::erase::<ShopPipeline>(&());
+    let api: Api<kube::core::DynamicObject> =
+        Api::namespaced_with(client, namespace.name(), &resource);
+    let spec = json!({"ordersPerSecond": 1, "paymentFailureRatio": 0.1});
+    create(&api, pipeline("defaulted", spec)).await.unwrap();
+    let merge = |partitions: i32| json!({"spec": {"partitions": partitions}});
+    let shrink = api
+        .patch(
+            "defaulted",
+            &PatchParams::default(),
+            &Patch::Merge(&merge(2)),
+        )
+        .await
+        .map(|_| ());
+    assert!(refusal(shrink).contains("partitions can only grow"));
+    api.patch(
+        "defaulted",
+        &PatchParams::default(),
+        &Patch::Merge(&merge(8)),
+    )
+    .await
+    .unwrap();
+}
