@@ -23,6 +23,7 @@ use shop_kafka::KafkaArgs;
 use shop_kafka::headers::{DeadLetter, dead_letter_headers};
 use shop_kafka::heartbeat::{Heartbeats, INTERVAL};
 use shop_kafka::topics::{TopicSpec, ensure_topics};
+use shop_runtime::retry::Backoff;
 use shop_runtime::{Health, LogFormat};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -137,7 +138,7 @@ async fn create_topics(
         TopicSpec::events(&config.dlq_topic, config.partitions),
         TopicSpec::compacted(&kafka.heartbeat_topic),
     ];
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::default();
     loop {
         health.set_ready(false, "creating topics");
         let attempt = async {
@@ -221,7 +222,7 @@ impl<W: Write> Printer<W> {
     async fn consume(&mut self, shutdown: &CancellationToken) -> Result<()> {
         // Messages borrow the consumer; a local handle leaves `self` free to be mutated.
         let consumer = Arc::clone(&self.consumer);
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::default();
         let mut readiness = tokio::time::interval(READINESS_CHECK);
         readiness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -338,7 +339,7 @@ impl<W: Write> Printer<W> {
             source_partition: message.partition(),
             source_offset: message.offset(),
         };
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::default();
         loop {
             let mut record = FutureRecord::<[u8], [u8]>::to(&self.config.dlq_topic)
                 .headers(dead_letter_headers(message.headers(), &why));
@@ -417,44 +418,5 @@ impl<W: Write> Printer<W> {
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
             Err(source) => Err(Error::Commit { group, source }),
         }
-    }
-}
-
-/// Capped exponential backoff: 100 ms, 200 ms, … 5 s.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(5);
-
-    fn new() -> Self {
-        Self { next: Self::FIRST }
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (delay * 2).min(Self::MAX);
-        delay
-    }
-
-    fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_its_cap_and_resets() {
-        let mut backoff = Backoff::new();
-        let delays: Vec<_> = (0..8).map(|_| backoff.next_delay().as_millis()).collect();
-        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
-        backoff.reset();
-        assert_eq!(backoff.next_delay(), Backoff::FIRST);
     }
 }

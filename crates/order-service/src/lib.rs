@@ -41,6 +41,7 @@ use shop_domain::Pacer;
 use shop_kafka::KafkaArgs;
 use shop_kafka::heartbeat::{self, Heartbeats};
 use shop_kafka::topics::{TopicSpec, control_plane_topics, ensure_topics};
+use shop_runtime::retry::start_up;
 use shop_runtime::{Health, Metrics};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -88,25 +89,23 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     let tasks = shutdown.child_token();
     let _stop_tasks = tasks.clone().drop_guard();
 
-    health.set_ready(false, "creating topics");
+    // The broker may not be there yet: wait for it, not ready, instead of exiting.
     let mut topics = control_plane_topics(&kafka);
     topics.push(TopicSpec::events(&config.orders_topic, config.partitions));
-    let Some(created) = shutdown
-        .run_until_cancelled(ensure_topics(&kafka, &topics))
-        .await
+    let created = start_up("creating topics", &shutdown, &health, || {
+        ensure_topics(&kafka, &topics)
+    })
+    .await;
+    if created.is_none() {
+        return Ok(());
+    }
+    let Some(control) = start_up("reading control records", &shutdown, &health, || {
+        shop_kafka::control::follow(&kafka, tasks.clone())
+    })
+    .await
     else {
         return Ok(());
     };
-    created.map_err(Error::Topics)?;
-
-    health.set_ready(false, "reading control records");
-    let Some(control) = shutdown
-        .run_until_cancelled(shop_kafka::control::follow(&kafka, tasks.clone()))
-        .await
-    else {
-        return Ok(());
-    };
-    let control = control.map_err(Error::Control)?;
 
     let metrics = OrderMetrics::register(&metrics);
     let applied = Applied {

@@ -53,30 +53,8 @@ pub(crate) fn blocking<T>(call: impl FnOnce() -> T) -> T {
     }
 }
 
-/// Doubling pauses between retries, from 100 ms to 5 s: quick recovery from a blip,
-/// no busy loop during an outage.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self { next: Self::START }
-    }
-}
-
-impl Backoff {
-    const START: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(5);
-
-    /// The pause before the next attempt.
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        delay
-    }
-}
+/// Pauses between retries: the runtime's, shared by every service.
+pub(crate) use shop_runtime::retry::Backoff;
 
 /// The producer of payments and dead letters: transactional in exactly-once mode (one
 /// transactional id per replica), idempotent at least once.

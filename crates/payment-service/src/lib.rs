@@ -37,8 +37,6 @@ mod worker;
 #[cfg(test)]
 mod outage_tests;
 
-use std::fmt::Display;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use rdkafka::error::KafkaError;
@@ -47,6 +45,7 @@ use shop_domain::ControlRecord;
 use shop_kafka::KafkaArgs;
 use shop_kafka::heartbeat::{self, Heartbeats};
 use shop_kafka::topics::{TopicSpec, control_plane_topics, ensure_topics};
+use shop_runtime::retry::start_up;
 use shop_runtime::{Health, Metrics};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -106,13 +105,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<()> 
     ] {
         topics.push(TopicSpec::events(topic, config.partitions));
     }
-    let created = retry("creating topics", &shutdown, &health, || {
+    let created = start_up("creating topics", &shutdown, &health, || {
         ensure_topics(&kafka, &topics)
     });
     if created.await.is_none() {
         return Ok(());
     }
-    let following = retry("reading control records", &shutdown, &health, || {
+    let following = start_up("reading control records", &shutdown, &health, || {
         shop_kafka::control::follow(&kafka, background.clone())
     });
     let Some(control) = following.await else {
@@ -229,41 +228,6 @@ async fn init_transactions(
                 health.set_ready(false, format!("initialising transactions: {error}"));
                 tokio::select! {
                     () = shutdown.cancelled() => return Ok(false),
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-    }
-}
-
-/// Retries `attempt` with backoff until it succeeds (`Some`) or shutdown comes (`None`).
-/// Start-up steps use it, so a replica started while the broker is away waits for it,
-/// not-ready with the reason, instead of crash-looping.
-async fn retry<T, E, F, Fut>(
-    what: &'static str,
-    shutdown: &CancellationToken,
-    health: &Health,
-    mut attempt: F,
-) -> Option<T>
-where
-    E: Display,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = std::result::Result<T, E>>,
-{
-    let mut backoff = Backoff::default();
-    loop {
-        let result = tokio::select! {
-            () = shutdown.cancelled() => return None,
-            result = attempt() => result,
-        };
-        match result {
-            Ok(value) => return Some(value),
-            Err(error) => {
-                let delay = backoff.next_delay();
-                warn!(step = what, %error, retry_in = ?delay, "start-up step failed; retrying");
-                health.set_ready(false, format!("{what}: {error}"));
-                tokio::select! {
-                    () = shutdown.cancelled() => return None,
                     () = tokio::time::sleep(delay) => {}
                 }
             }

@@ -16,6 +16,8 @@
 //! - [`metrics`]: [`Metrics`], a shared `shopstream_`-prefixed registry, and the
 //!   Drop-based [`Timer`].
 //! - [`http`]: [`Health`] and [`serve`], a small HTTP/1.1 responder for probes and scrapes.
+//! - [`retry`]: [`retry::start_up`], the one way a service waits for what it needs at
+//!   start (the broker), not ready meanwhile, and [`retry::Backoff`].
 //! - [`error`]: the crate's [`Error`] and [`Result`].
 //!
 //! A binary wires them like this:
@@ -49,6 +51,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
 
