@@ -11,6 +11,17 @@ use shop_controller::crd::{ShopPipeline, ShopPipelineSpec};
 use shop_testkit::testbed;
 use support::{Controller, eventually, install_crd, three_deployments};
 
+fn spec() -> ShopPipelineSpec {
+    ShopPipelineSpec {
+        orders_per_second: 1.0,
+        payment_failure_ratio: 0.0,
+        paused: false,
+        seed: None,
+        replicas: None,
+        partitions: Some(1),
+    }
+}
+
 fn holder(lease: &Lease) -> Option<String> {
     lease.spec.as_ref()?.holder_identity.clone()
 }
@@ -43,6 +54,14 @@ async fn only_the_leader_acts_and_a_standby_takes_over() {
     let lease = leases.get("shop-controller").await.unwrap();
     assert_eq!(holder(&lease).as_deref(), Some("replica-a"));
 
+    // The leader acts: it runs a pipeline.
+    let pipelines: Api<ShopPipeline> = Api::namespaced(client.clone(), &ns);
+    pipelines
+        .create(&PostParams::default(), &ShopPipeline::new("before", spec()))
+        .await
+        .unwrap();
+    three_deployments(&client, &ns, "before").await;
+
     // The leader stops and releases the Lease; the standby takes over and reconciles.
     first.stop().await;
     eventually("replica-b to lead", async || {
@@ -50,17 +69,8 @@ async fn only_the_leader_acts_and_a_standby_takes_over() {
         (holder(&lease).as_deref() == Some("replica-b")).then_some(())
     })
     .await;
-    let pipelines: Api<ShopPipeline> = Api::namespaced(client.clone(), &ns);
-    let spec = ShopPipelineSpec {
-        orders_per_second: 1.0,
-        payment_failure_ratio: 0.0,
-        paused: false,
-        seed: None,
-        replicas: None,
-        partitions: Some(1),
-    };
     pipelines
-        .create(&PostParams::default(), &ShopPipeline::new("after", spec))
+        .create(&PostParams::default(), &ShopPipeline::new("after", spec()))
         .await
         .unwrap();
     three_deployments(&client, &ns, "after").await;
