@@ -47,21 +47,8 @@ kafka_version() {
   echo "${jar#kafka_2.13-}"
 }
 
-engine_up() { docker info >/dev/null 2>&1; }
+start_engine() { start_dockerd docker "$PIDFILE" "$LOG"; }
 
-start_engine() {
-  mkdir -p "$DIR"
-  log "docker: starting dockerd (log $LOG)"
-  setsid nohup dockerd --pidfile "$PIDFILE" >"$LOG" 2>&1 </dev/null &
-  wait_until docker 60 "$LOG" engine_up
-}
-
-mirror() {
-  local uri
-  uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-  [[ -n $uri ]] || uri=$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-  echo "${uri:-http://deb.debian.org/debian}"
-}
 
 install_packages() {
   local missing=()

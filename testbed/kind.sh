@@ -49,19 +49,11 @@ NET_PACKAGES=iptables,nftables,conntrack,kmod,iproute2
 SYSCTLS=(vm.overcommit_memory kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys
   kernel.keys.root_maxbytes net.netfilter.nf_conntrack_max)
 
-engine_up() { docker info >/dev/null 2>&1; }
-
 # Whether this host needs the shim: CAP_SYS_RESOURCE (bit 24) missing from the bounding set.
 needs_shim() {
   local bnd
   bnd=$(awk '/^CapBnd:/ {print $2}' /proc/self/status)
   (((16#$bnd >> 24 & 1) == 0))
-}
-
-mirror() {
-  local uri
-  uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-  echo "${uri:-http://deb.debian.org/debian}"
 }
 
 kind_source() { echo "$(go env GOMODCACHE)/sigs.k8s.io/kind@$KIND_VERSION"; }
@@ -182,10 +174,7 @@ node_image() {
 install() {
   local started=false digest start
   engine_up || {
-    command -v dockerd >/dev/null || die kind "no Docker engine: install the docker component first (testbed/docker.sh install)"
-    mkdir -p "$DIR"
-    setsid nohup dockerd --pidfile "$DIR/dockerd.pid" >"$DIR/dockerd.log" 2>&1 </dev/null &
-    wait_until kind 60 "$DIR/dockerd.log" engine_up
+    start_dockerd kind "$DIR/dockerd.pid" "$DIR/dockerd.log"
     started=true
   }
   command -v debootstrap >/dev/null || die kind "debootstrap not found: testbed/docker.sh install installs it"

@@ -102,3 +102,25 @@ stop_pid() {
   fi
   rm -f "$pidfile"
 }
+
+# engine_up: true when a Docker engine answers.
+engine_up() { docker info >/dev/null 2>&1; }
+
+# start_dockerd COMPONENT PIDFILE LOG: starts dockerd in the background, its pid in PIDFILE
+# (so the bed can stop exactly the engine it started), and waits for it to answer.
+start_dockerd() {
+  local component=$1 pidfile=$2 logfile=$3
+  command -v dockerd >/dev/null || die "$component" "dockerd not found: testbed/docker.sh install installs Debian's docker.io"
+  mkdir -p "$(dirname "$pidfile")"
+  log "$component: starting dockerd (log $logfile)"
+  setsid nohup dockerd --pidfile "$pidfile" >"$logfile" 2>&1 </dev/null &
+  wait_until "$component" 60 "$logfile" engine_up
+}
+
+# mirror: the Debian mirror of the machine's apt sources, for debootstrap.
+mirror() {
+  local uri
+  uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  [[ -n $uri ]] || uri=$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+  echo "${uri:-http://deb.debian.org/debian}"
+}
