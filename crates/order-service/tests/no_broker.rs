@@ -12,21 +12,13 @@ use std::time::{Duration, Instant};
 
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use shop_testkit::{testbed, unique_name};
+use shop_testkit::{free_port, testbed, unique_name};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Longer than the start-up timeouts of the Kafka clients (30 s), so a service that gives
 /// up at start is gone before the broker comes.
 const OUTAGE: Duration = Duration::from_secs(35);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `GET /readyz` on the service's port: the status code and body, or `None` when nothing
 /// answers.

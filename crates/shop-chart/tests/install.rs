@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
-use shop_testkit::{testbed, unique_name};
+use shop_testkit::{free_port, test_log, testbed, unique_name, workspace_binary};
 use support::{Manifests, chart, ensure_crd, env_of, eventually, printed, run, run_ok};
 
 /// The three services of a pipeline, by their binary (and image) names.
@@ -206,40 +206,6 @@ async fn rendered_manifests_pass_restricted_pod_security_on_the_api_server() {
     .await;
 }
 
-/// The `shop-controller` binary next to the test binaries (`cargo build -p
-/// shop-controller`, which `make test` runs before the tests).
-fn controller_binary() -> PathBuf {
-    let dir = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_owned();
-    let path = dir.join("shop-controller");
-    assert!(
-        path.exists(),
-        "{} missing: run `cargo build -p shop-controller` first",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The controller's log, for when this test fails: target/test-logs/<name>.log.
-fn log_file(name: &str) -> std::fs::File {
-    let dir = shop_chart::chart_dir().join("../../target/test-logs");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::File::create(dir.join(format!("{name}.log"))).unwrap()
-}
-
 /// A process killed and reaped when dropped.
 struct Process(Child);
 
@@ -311,7 +277,7 @@ impl Drop for AccountKubeconfig {
 /// pipeline's three Deployments with the chart's images.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_install_rolls_out_and_the_real_controller_runs_the_default_pipeline() {
-    let binary = controller_binary();
+    let binary = workspace_binary("shop-controller");
     let bed = testbed();
     let client = bed.kube_client().await.unwrap();
     ensure_crd();
@@ -409,7 +375,7 @@ async fn helm_install_rolls_out_and_the_real_controller_runs_the_default_pipelin
         .env("CONTROL_TOPIC", control.name())
         .env("HEARTBEAT_TOPIC", heartbeats.name())
         .stdout(Stdio::null())
-        .stderr(log_file(&release));
+        .stderr(test_log(&release));
     let _controller = Process(command.spawn().unwrap());
 
     let selector = "shopstream.dev/pipeline=demo";

@@ -9,14 +9,13 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use shop_controller::crd::{ShopPipeline, ShopPipelineSpec};
-use shop_testkit::testbed;
+use shop_testkit::{free_port, test_log, testbed, workspace_binary};
 use support::{Controller, install_crd, three_deployments};
 
 /// A service process that is stopped with SIGTERM when dropped.
@@ -31,38 +30,6 @@ impl Drop for Service {
     }
 }
 
-fn binary(name: &str) -> PathBuf {
-    let dir = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_owned();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} missing: run `cargo build --workspace` first",
-        path.display()
-    );
-    path
-}
-
-/// Each service's log, for when this test fails: target/test-logs/<instance>.log.
-fn log_file(instance: &str) -> std::fs::File {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-logs");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::File::create(dir.join(format!("{instance}.log"))).unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts the service of `deployment` as a local process with the Deployment's own
 /// environment, so it runs exactly as its Pod would.
 fn start_like(deployment: &Deployment, instance: &str) -> Service {
@@ -75,7 +42,7 @@ fn start_like(deployment: &Deployment, instance: &str) -> Service {
         .as_ref()
         .unwrap()
         .containers[0];
-    let mut command = Command::new(binary(&container.name));
+    let mut command = Command::new(workspace_binary(&container.name));
     command
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default());
@@ -89,7 +56,7 @@ fn start_like(deployment: &Deployment, instance: &str) -> Service {
         .env("INSTANCE_ID", instance)
         .env("HTTP_PORT", free_port().to_string())
         .stdout(Stdio::null())
-        .stderr(log_file(instance));
+        .stderr(test_log(instance));
     Service(command.spawn().unwrap())
 }
 

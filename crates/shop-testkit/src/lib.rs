@@ -12,6 +12,8 @@
 //!   tests run in parallel and against a shared broker without seeing each other.
 //! - [`kafka`]: client configuration for the bed's broker and topics that delete
 //!   themselves when the test ends.
+//! - [`process`]: the workspace's binaries as processes: where they are, a free port, a
+//!   log file.
 //! - [`kube`]: clients for the bed's API server, namespaces that delete themselves, and
 //!   `kubectl`/`helm` commands wired to the bed.
 //!
@@ -22,11 +24,13 @@ pub mod bed;
 pub mod kafka;
 pub mod kube;
 pub mod names;
+pub mod process;
 
 pub use bed::{TestBed, testbed};
 pub use kafka::TestTopic;
 pub use kube::TestNamespace;
 pub use names::unique_name;
+pub use process::{free_port, test_log, workspace_binary};
 
 /// Runs `cleanup` to completion on a fresh thread with its own runtime. Used from `Drop`,
 /// where the test's runtime may be single-threaded (and busy dropping us) or gone.
