@@ -9,6 +9,7 @@
 pub mod build;
 pub mod crd;
 pub mod leader;
+pub mod live;
 pub mod observe;
 pub mod reconcile;
 pub mod run;

@@ -40,15 +40,21 @@ async fn main() -> anyhow::Result<()> {
     let controller_metrics = shop_controller::reconcile::ControllerMetrics::register(&metrics);
     let client = kube::Client::try_default().await?;
     let identity = cli.common.instance();
+    // The live view (`/`, `/events`) beside the probes and metrics.
+    let board = shop_controller::live::Board::new(&identity);
+    tokio::spawn(board.clone().publish(shutdown.clone()));
+    let router = shop_runtime::http::probes(health.clone(), metrics)
+        .merge(shop_controller::live::routes(board.clone()));
     let run = shop_controller::run::run(
         cli.config,
         client,
         &identity,
-        health.clone(),
+        health,
         controller_metrics,
+        board,
         shutdown,
     );
-    let (result, served) = shop_runtime::http::serve_during(listener, health, metrics, run).await;
+    let (result, served) = shop_runtime::http::serve_router_during(listener, router, run).await;
     result?;
     Ok(served?)
 }

@@ -30,7 +30,8 @@ use shop_runtime::metrics::{Counter, Family, Histogram, exponential_buckets};
 use tracing::{info, warn};
 
 use crate::build::{Defaults, Desired, desired};
-use crate::crd::{Effective, Measured, ShopPipeline};
+use crate::crd::{Effective, Measured, ShopPipeline, ShopPipelineStatus};
+use crate::live::Board;
 use crate::observe;
 use crate::status::{Observations, status};
 
@@ -78,6 +79,8 @@ pub struct Context {
     pub published: Mutex<HashMap<String, ControlRecord>>,
     /// The previous sample of each pipeline's counters, for measured rates.
     samples: Mutex<HashMap<String, Sample>>,
+    /// What the live view shows ([`crate::live`]).
+    pub board: Board,
 }
 
 impl std::fmt::Debug for Context {
@@ -144,6 +147,7 @@ impl Context {
         kafka: KafkaArgs,
         metrics: ControllerMetrics,
         identity: &str,
+        board: Board,
     ) -> Result<Self, shop_kafka::Error> {
         let producer: FutureProducer = kafka
             .client_config("shop-controller")
@@ -176,6 +180,7 @@ impl Context {
             producer,
             published: Mutex::new(published),
             samples: Mutex::new(HashMap::new()),
+            board,
         })
     }
 }
@@ -194,7 +199,11 @@ pub async fn reconcile(
     ctx.metrics.reconciles.inc();
     let result = match read(&meta, &ctx).await {
         Ok(Some(pipeline)) => reconcile_steps(&pipeline, &ctx).await,
-        Ok(None) => Ok(Action::await_change()),
+        Ok(None) => {
+            ctx.board
+                .remove(&meta.namespace().unwrap_or_default(), &meta.name_any());
+            Ok(Action::await_change())
+        }
         Err(error) => Err(error),
     };
     if let Err(error) = &result {
@@ -251,7 +260,15 @@ async fn reconcile_steps(pipeline: &ShopPipeline, ctx: &Context) -> Result<Actio
     if let Err(error) = &applied {
         observations.error = Some((error.reason().to_owned(), error.to_string()));
     }
-    write_status(pipeline, &observations, ctx).await?;
+    let next = next_status(pipeline, &observations);
+    ctx.board.record(
+        &pipeline.namespace().unwrap_or_default(),
+        &pipeline.name_any(),
+        &pipeline.spec,
+        &observations,
+        &next,
+    );
+    write_status(pipeline, next, ctx).await?;
     applied.map(|()| Action::requeue(REFRESH))
 }
 
@@ -422,11 +439,8 @@ async fn measure(
     Some(measured)
 }
 
-async fn write_status(
-    pipeline: &ShopPipeline,
-    observations: &Observations,
-    ctx: &Context,
-) -> Result<(), Error> {
+/// The status `observations` call for.
+fn next_status(pipeline: &ShopPipeline, observations: &Observations) -> ShopPipelineStatus {
     let now = shop_domain::time::rfc3339(SystemTime::now());
     let mut next = status(observations, pipeline.status.as_ref(), &now);
     // Measured values move every period; keep the previous ones when there are no new
@@ -434,6 +448,15 @@ async fn write_status(
     if next.measured.is_none() {
         next.measured = pipeline.status.as_ref().and_then(|s| s.measured.clone());
     }
+    next
+}
+
+/// Writes `next` unless the resource already has it.
+async fn write_status(
+    pipeline: &ShopPipeline,
+    next: ShopPipelineStatus,
+    ctx: &Context,
+) -> Result<(), Error> {
     if pipeline.status.as_ref() == Some(&next) {
         return Ok(());
     }

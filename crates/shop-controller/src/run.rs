@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::build::Defaults;
 use crate::crd::ShopPipeline;
 use crate::leader::Elector;
+use crate::live::Board;
 use crate::reconcile::{Context, ControllerMetrics, error_policy, reconcile};
 
 /// Settings of the controller; each is a flag with an environment fallback.
@@ -141,6 +142,7 @@ pub async fn run(
     identity: &str,
     health: Health,
     metrics: ControllerMetrics,
+    board: Board,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     // kube's default namespace is the service account's namespace in a Pod, so replicas of
@@ -158,15 +160,19 @@ pub async fn run(
     // A standby is Ready: it is healthy and ready to take over, and a rollout of two
     // replicas must not wait for the one that cannot lead while the other does.
     health.set_ready(true, STANDBY);
+    let lease = format!("{lease_namespace}/{}", config.lease_name);
+    board.standby(&lease);
     let Some(leading) = elector.lead(shutdown.clone()).await else {
         return Ok(());
     };
+    board.leading(&lease);
     let result = run_as_leader(
         config,
         client,
         identity,
         health.clone(),
         metrics,
+        board,
         leading.clone(),
     )
     .await;
@@ -183,6 +189,7 @@ async fn run_as_leader(
     identity: &str,
     health: Health,
     metrics: ControllerMetrics,
+    board: Board,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let kafka = config.kafka();
@@ -198,6 +205,7 @@ async fn run_as_leader(
                 kafka.clone(),
                 metrics.clone(),
                 identity,
+                board.clone(),
             )
             .await
         };

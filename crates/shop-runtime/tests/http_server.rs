@@ -168,7 +168,8 @@ async fn post_to_an_endpoint_is_method_not_allowed() {
         .raw(b"POST /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello")
         .await;
     assert_eq!(reply.status, 405, "{reply:?}");
-    assert_eq!(reply.header("Allow"), Some("GET, HEAD"));
+    let allow = reply.header("Allow").unwrap().replace(' ', "");
+    assert_eq!(allow, "GET,HEAD");
 }
 
 #[tokio::test]
@@ -196,20 +197,23 @@ async fn silent_client_does_not_stop_others_being_served() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn client_that_never_finishes_its_request_times_out() {
+async fn client_that_never_finishes_its_request_head_is_disconnected() {
     let server = Server::start().await;
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let started = tokio::time::Instant::now();
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: loc")
         .await
         .unwrap();
-    // With the clock paused, the server's read timeout fires as soon as all tasks idle.
+    // With the clock paused, the server's header timeout fires as soon as all tasks idle:
+    // the connection is closed without a response (hyper sends none for a timed-out head).
     let mut bytes = Vec::new();
     stream.read_to_end(&mut bytes).await.unwrap();
+    assert!(bytes.is_empty(), "{}", String::from_utf8_lossy(&bytes));
     assert!(
-        bytes.starts_with(b"HTTP/1.1 408 "),
-        "{}",
-        String::from_utf8_lossy(&bytes)
+        started.elapsed() >= shop_runtime::http::IO_TIMEOUT,
+        "closed by the header timeout, after {:?}",
+        started.elapsed()
     );
 }
 

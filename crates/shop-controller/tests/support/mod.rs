@@ -76,7 +76,8 @@ impl Controller {
         let reported = health.clone();
         let task = tokio::spawn(async move {
             let metrics = ControllerMetrics::register(&Metrics::new());
-            shop_controller::run::run(args.config, client, identity, reported, metrics, stop)
+            let board = shop_controller::live::Board::new(identity);
+            shop_controller::run::run(args.config, client, identity, reported, metrics, board, stop)
                 .await
                 .unwrap();
         });
