@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help bench demo down generate images test testbed testbed-docker testbed-kind testbed-up testbed-down testbed-status up fmt lint
+.PHONY: help bench demo down generate images test testbed testbed-docker testbed-kind testbed-browser testbed-up testbed-down testbed-status up fmt lint
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ testbed-docker: ## Install and start the bed's Docker engine and its stand-in ba
 
 testbed-kind: ## Install kind and the bed's kind node image (with what it is built from)
 	SHOPSTREAM_TESTBED_COMPONENTS="kafka kube docker kind" testbed/bed.sh install
+
+testbed-browser: ## Install headless Chromium and chromedriver (Debian packages) for the browser test
+	testbed/browser.sh install
 
 images: ## Build the four images from the Dockerfile (shopstream/<binary>:<version>)
 	scripts/images.sh build

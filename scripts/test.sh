@@ -5,14 +5,15 @@
 # test of the workspace against it, and stops the bed again, also when something fails.
 #
 # The bed includes a Docker engine (testbed/docker.sh; it installs Debian's docker.io as
-# root) and kind with a locally built node image (testbed/kind.sh), so the images are built
-# from the Dockerfile and run, and the user's flow runs on kind. Without them
-# (SHOPSTREAM_TESTBED_COMPONENTS="kafka kube") those tests are not run, and this script
-# says so.
+# root), kind with a locally built node image (testbed/kind.sh) and headless Chromium
+# (testbed/browser.sh; Debian's chromium and chromium-driver), so the images are built from
+# the Dockerfile and run, the user's flow runs on kind, and the controller's live view is
+# opened in a real browser. Without them (SHOPSTREAM_TESTBED_COMPONENTS="kafka kube") those
+# tests are not run, and this script says so.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-export SHOPSTREAM_TESTBED_COMPONENTS=${SHOPSTREAM_TESTBED_COMPONENTS:-kafka kube docker kind}
+export SHOPSTREAM_TESTBED_COMPONENTS=${SHOPSTREAM_TESTBED_COMPONENTS:-kafka kube docker kind browser}
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
@@ -57,5 +58,11 @@ if [[ -z ${KIND_NODE_IMAGE:-} ]]; then
   exclude+=(--exclude shop-kind)
 fi
 
+skip=()
+if [[ -z ${SHOPSTREAM_CHROMEDRIVER:-} ]]; then
+  echo "no browser in the test bed: the live view's browser test is NOT run" >&2
+  skip=(-- --skip live_view_in_a_browser)
+fi
+
 step "cargo test"
-cargo test --workspace "${exclude[@]}" --locked --no-fail-fast
+cargo test --workspace "${exclude[@]}" --locked --no-fail-fast "${skip[@]}"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test bed: Kafka, the Kubernetes control plane and, when asked, a Docker engine
-# with stand-ins for the public images (testbed/docker.sh).
+# with stand-ins for the public images (testbed/docker.sh), kind (testbed/kind.sh) and a
+# headless browser (testbed/browser.sh).
 #
 #   bed.sh install   install every component into the cache (skips what is up to date)
 #   bed.sh up        start every component and write target/testbed/env (idempotent)
@@ -8,7 +9,7 @@
 #   bed.sh status    one line per component; exit 1 when any is down
 #
 # Components can be chosen with SHOPSTREAM_TESTBED_COMPONENTS (default "kafka kube"; `make
-# test` and CI use "kafka kube docker kind"). docker comes after kafka (its Kafka stand-in is
+# test` and CI use "kafka kube docker kind browser"). docker comes after kafka (its Kafka stand-in is
 # made from the broker's jars), kind after kube and docker (its node image is made from the
 # bed's Kubernetes binaries by the bed's Docker engine).
 set -euo pipefail
@@ -45,6 +46,9 @@ write_env() {
     echo "export PATH=\"$BIN:\$PATH\""
     if [[ " ${COMPONENTS[*]} " == *" kind "* ]]; then
       "$TESTBED_DIR/kind.sh" env
+    fi
+    if [[ " ${COMPONENTS[*]} " == *" browser "* ]]; then
+      "$TESTBED_DIR/browser.sh" env
     fi
   } >"$tmp"
   mv "$tmp" "$STATE/env"

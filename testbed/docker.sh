@@ -56,11 +56,7 @@ install_packages() {
   command -v debootstrap >/dev/null || missing+=(debootstrap)
   command -v jq >/dev/null || missing+=(jq) # kind.sh's node image
   ((${#missing[@]})) || return 0
-  [[ $(id -u) == 0 ]] || die docker "missing ${missing[*]}: install them (apt-get install ${missing[*]}) or run as root"
-  log "docker: apt-get install ${missing[*]}"
-  mkdir -p "$CACHE/logs"
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } \
-    >"$CACHE/logs/docker-apt.log" 2>&1 || die docker "apt-get install failed" "$CACHE/logs/docker-apt.log"
+  apt_install docker "${missing[@]}"
 }
 
 # debootstrap SUITE minbase into $WORK/rootfs-NAME with extra packages, trimmed like the

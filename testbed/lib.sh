@@ -124,3 +124,15 @@ mirror() {
   [[ -n $uri ]] || uri=$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
   echo "${uri:-http://deb.debian.org/debian}"
 }
+
+# apt_install COMPONENT PACKAGE...: installs Debian packages (as root) for a component,
+# with the output in the cache's logs; without root, fails saying what to install.
+apt_install() {
+  local component=$1
+  shift
+  [[ $(id -u) == 0 ]] || die "$component" "missing $*: install them (apt-get install $*) or run as root"
+  log "$component: apt-get install $*"
+  mkdir -p "$CACHE/logs"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"; } \
+    >"$CACHE/logs/$component-apt.log" 2>&1 || die "$component" "apt-get install failed" "$CACHE/logs/$component-apt.log"
+}

@@ -11,9 +11,13 @@
 //!
 //! helm and kubectl are the test bed's (`shop_testkit::TestBed::command`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-/// The chart's directory, known at compile time from this crate's place in the repository.
+/// The chart's directory in the repository the test runs in: from `CARGO_MANIFEST_DIR` at
+/// run time, which `cargo test` sets to the running test's package. A compile-time path
+/// could name another clone sharing the target directory (cargo reuses unchanged builds).
 pub fn chart_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../charts/shopstream")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("../../charts/shopstream")
 }

@@ -771,8 +771,35 @@ fn notes_show_the_readme_commands() {
         r#"kubectl -n shopstream patch sp demo --type merge -p '{"spec":{"ordersPerSecond":50,"paymentFailureRatio":0.2}}'"#,
         "helm test shopstream -n shopstream",
         "kubectl -n shopstream port-forward svc/shopstream-controller 8080",
+        "http://localhost:8080/",
         "kubectl apply --server-side -f charts/shopstream/crds/",
     ] {
         assert!(notes.contains(line), "NOTES lack {line:?}:\n{notes}");
     }
+    assert!(
+        !notes.contains("holderIdentity"),
+        "one replica needs no leader lookup:\n{notes}"
+    );
+
+    // With two replicas, the NOTES say how to reach the leader's page.
+    let output = run(
+        "helm",
+        &[
+            "install",
+            RELEASE,
+            &chart,
+            "--namespace",
+            NS,
+            "--dry-run=client",
+            "--set",
+            "controller.replicas=2",
+        ],
+        None,
+    );
+    assert!(output.status.success(), "{}", printed(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let notes = stdout.split("NOTES:").nth(1).expect("NOTES");
+    let leader = "kubectl -n shopstream port-forward pod/$(kubectl -n shopstream get lease \
+                  shopstream-controller -o jsonpath='{.spec.holderIdentity}') 8080";
+    assert!(notes.contains(leader), "NOTES lack {leader:?}:\n{notes}");
 }

@@ -376,7 +376,10 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> ShopPipeline {
-        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        // At run time: a compile-time path can name another clone (see
+        // `shop_testkit::bed::repo_dir`).
+        let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
+        let path = format!("{dir}/tests/fixtures/{name}");
         serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 

@@ -356,7 +356,10 @@ impl Board {
         futures::stream::unfold(snapshots, |mut snapshots| async move {
             snapshots.changed().await.ok()?;
             let data = Arc::clone(&snapshots.borrow_and_update());
-            Some((Ok(Event::default().event("snapshot").data(&*data)), snapshots))
+            Some((
+                Ok(Event::default().event("snapshot").data(&*data)),
+                snapshots,
+            ))
         })
         .take_until(self.closed.clone().cancelled_owned())
     }
@@ -454,7 +457,10 @@ mod tests {
         board.standby("shopstream/shop-controller");
         let snapshot = board.snapshot(at(1));
         assert_eq!(snapshot.role, "standby");
-        assert_eq!(snapshot.lease.as_deref(), Some("shopstream/shop-controller"));
+        assert_eq!(
+            snapshot.lease.as_deref(),
+            Some("shopstream/shop-controller")
+        );
         assert!(snapshot.pipelines.is_empty());
     }
 
@@ -476,7 +482,10 @@ mod tests {
         let snapshot = board.snapshot(at(12));
         assert_eq!(snapshot.role, "leader");
         let view = &snapshot.pipelines[0];
-        assert_eq!((view.namespace.as_str(), view.name.as_str()), ("ns", "demo"));
+        assert_eq!(
+            (view.namespace.as_str(), view.name.as_str()),
+            ("ns", "demo")
+        );
         assert_eq!(view.published_generation, Some(5));
         let history: Vec<_> = view
             .history

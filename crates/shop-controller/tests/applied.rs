@@ -9,56 +9,11 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
-
-use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use shop_controller::crd::{ShopPipeline, ShopPipelineSpec};
-use shop_testkit::{free_port, test_log, testbed, workspace_binary};
-use support::{Controller, install_crd, three_deployments};
-
-/// A service process that is stopped with SIGTERM when dropped.
-struct Service(Child);
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts the service of `deployment` as a local process with the Deployment's own
-/// environment, so it runs exactly as its Pod would.
-fn start_like(deployment: &Deployment, instance: &str) -> Service {
-    let container = &deployment
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0];
-    let mut command = Command::new(workspace_binary(&container.name));
-    command
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
-    for var in container.env.iter().flatten() {
-        if let Some(value) = &var.value {
-            command.env(&var.name, value);
-        }
-    }
-    command
-        .env("KAFKA_BOOTSTRAP_SERVERS", testbed().kafka_bootstrap())
-        .env("INSTANCE_ID", instance)
-        .env("HTTP_PORT", free_port().to_string())
-        .stdout(Stdio::null())
-        .stderr(test_log(instance));
-    Service(command.spawn().unwrap())
-}
+use shop_testkit::testbed;
+use support::{Controller, install_crd, start_services, three_deployments};
 
 async fn kubectl_wait(namespace: &str, what: &str) {
     let command = testbed().command("kubectl").unwrap();
@@ -108,33 +63,7 @@ async fn services_apply_the_control_record_and_the_pipeline_reports_applied() {
         .unwrap();
 
     let created = three_deployments(&client, &ns, "live").await;
-    let _services: Vec<Service> = created
-        .iter()
-        .map(|d| {
-            let mut d = d.clone();
-            // The controller's Pods reach Kafka by the address it was given, which here is
-            // the test bed's broker too; pass the control topics of this test explicitly.
-            let env = d
-                .spec
-                .as_mut()
-                .unwrap()
-                .template
-                .spec
-                .as_mut()
-                .unwrap()
-                .containers[0]
-                .env
-                .get_or_insert_with(Vec::new);
-            for var in env.iter_mut() {
-                match var.name.as_str() {
-                    "CONTROL_TOPIC" => var.value = Some(control.name().to_owned()),
-                    "HEARTBEAT_TOPIC" => var.value = Some(heartbeats.name().to_owned()),
-                    _ => {}
-                }
-            }
-            start_like(&d, &format!("{}-0", d.metadata.name.as_deref().unwrap()))
-        })
-        .collect();
+    let _services = start_services(&created, &control, &heartbeats);
 
     kubectl_wait(&ns, "--for=condition=Applied").await;
 

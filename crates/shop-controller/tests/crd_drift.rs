@@ -1,12 +1,10 @@
 //! The checked-in CRD files are exactly what the Rust types generate.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-
 #[test]
 fn checked_in_crds_match_the_rust_types() {
     let generated = shop_controller::crd::crd_yaml().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = shop_testkit::bed::repo_dir();
     for file in [
         "deploy/crds/shoppipelines.shopstream.dev.yaml",
         "charts/shopstream/crds/shoppipelines.shopstream.dev.yaml",

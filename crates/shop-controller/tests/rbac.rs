@@ -20,10 +20,7 @@ use support::{Controller, eventually, install_crd, three_deployments};
 
 /// The rules of the ClusterRole and the Role in the checked-in RBAC file.
 fn written_rules() -> (Vec<PolicyRule>, Vec<PolicyRule>) {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/controller/rbac.yaml"
-    );
+    let path = shop_testkit::bed::repo_dir().join("deploy/controller/rbac.yaml");
     let docs: Vec<Value> =
         serde_saphyr::from_str_multiple(&std::fs::read_to_string(path).unwrap()).unwrap();
     let rules = |kind: &str| -> Vec<PolicyRule> {

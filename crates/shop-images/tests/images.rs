@@ -298,10 +298,9 @@ fn the_controller_image_answers_help_and_prints_the_checked_in_crd() {
 
     let crd = docker(&["run", "--rm", "--read-only", &image, "crd"]);
     assert!(crd.status.success(), "{}", text(&crd.stderr));
-    let checked_in = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/crds/shoppipelines.shopstream.dev.yaml"
-    ))
+    let checked_in = std::fs::read_to_string(
+        shop_testkit::bed::repo_dir().join("deploy/crds/shoppipelines.shopstream.dev.yaml"),
+    )
     .unwrap();
     assert_eq!(text(&crd.stdout), checked_in);
 

@@ -25,8 +25,15 @@ pub struct TestBed {
 }
 
 /// The repository root, known at compile time from this crate's place in it.
+///
+/// Read at run time: `cargo test` sets `CARGO_MANIFEST_DIR` to the package of the running
+/// test (`crates/<name>`). A path fixed at compile time would name wherever this crate was
+/// built first, and with a target directory shared between clones (as CI's is) that can be
+/// another clone, since cargo reuses a build whose sources are unchanged.
 pub fn repo_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("../..")
 }
 
 /// The test bed of this test binary, found or started on first use.

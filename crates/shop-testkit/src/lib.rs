@@ -14,6 +14,7 @@
 //!   themselves when the test ends.
 //! - [`process`]: the workspace's binaries as processes: where they are, a free port, a
 //!   log file.
+//! - [`browser`]: headless Chromium over WebDriver, for the controller's live view.
 //! - [`kube`]: clients for the bed's API server, namespaces that delete themselves, and
 //!   `kubectl`/`helm` commands wired to the bed.
 //!
@@ -21,6 +22,7 @@
 //! `#[tokio::test]` as well as during a panic, without blocking the test's runtime.
 
 pub mod bed;
+pub mod browser;
 pub mod kafka;
 pub mod kube;
 pub mod names;

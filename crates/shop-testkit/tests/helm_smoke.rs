@@ -12,7 +12,9 @@ use shop_testkit::testbed;
 async fn chart_installs_and_rolls_out_on_the_kwok_node() {
     let bed = testbed();
     let namespace = bed.namespace("smoke-helm").await.unwrap();
-    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smoke-chart");
+    let chart =
+        shop_testkit::bed::repo_dir().join("crates/shop-testkit/tests/fixtures/smoke-chart");
+    let chart = chart.to_str().unwrap();
 
     let output = tokio::process::Command::from(bed.command("helm").unwrap())
         .args(["install", "smoke", chart, "--namespace", namespace.name()])

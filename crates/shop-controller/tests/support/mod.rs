@@ -12,7 +12,9 @@ use kube::{Api, CustomResourceExt};
 use shop_controller::crd::ShopPipeline;
 use shop_controller::reconcile::ControllerMetrics;
 use shop_runtime::{CancellationToken, Health, Metrics};
-use shop_testkit::{TestTopic, testbed};
+use std::process::{Child, Command, Stdio};
+
+use shop_testkit::{TestTopic, free_port, test_log, testbed, workspace_binary};
 
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -77,9 +79,17 @@ impl Controller {
         let task = tokio::spawn(async move {
             let metrics = ControllerMetrics::register(&Metrics::new());
             let board = shop_controller::live::Board::new(identity);
-            shop_controller::run::run(args.config, client, identity, reported, metrics, board, stop)
-                .await
-                .unwrap();
+            shop_controller::run::run(
+                args.config,
+                client,
+                identity,
+                reported,
+                metrics,
+                board,
+                stop,
+            )
+            .await
+            .unwrap();
         });
         Self {
             shutdown,
@@ -148,4 +158,82 @@ pub async fn three_deployments(
         },
     )
     .await
+}
+
+/// A service process that is stopped with SIGTERM when dropped.
+pub struct Service(Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the service of `deployment` as a local process with the Deployment's own
+/// environment, so it runs exactly as its Pod would.
+pub fn start_like(deployment: &Deployment, instance: &str) -> Service {
+    let container = &deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    let mut command = Command::new(workspace_binary(&container.name));
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    for var in container.env.iter().flatten() {
+        if let Some(value) = &var.value {
+            command.env(&var.name, value);
+        }
+    }
+    command
+        .env("KAFKA_BOOTSTRAP_SERVERS", testbed().kafka_bootstrap())
+        .env("INSTANCE_ID", instance)
+        .env("HTTP_PORT", free_port().to_string())
+        .stdout(Stdio::null())
+        .stderr(test_log(instance));
+    Service(command.spawn().unwrap())
+}
+
+/// Starts the three services of a pipeline as local processes, from the Deployments the
+/// controller created, on the control and heartbeat topics of the test.
+pub fn start_services(
+    created: &[Deployment],
+    control: &TestTopic,
+    heartbeats: &TestTopic,
+) -> Vec<Service> {
+    created
+        .iter()
+        .map(|d| {
+            let mut d = d.clone();
+            // The controller's Pods reach Kafka by the address it was given, which here is
+            // the test bed's broker too; pass the control topics of this test explicitly.
+            let env = d
+                .spec
+                .as_mut()
+                .unwrap()
+                .template
+                .spec
+                .as_mut()
+                .unwrap()
+                .containers[0]
+                .env
+                .get_or_insert_with(Vec::new);
+            for var in env.iter_mut() {
+                match var.name.as_str() {
+                    "CONTROL_TOPIC" => var.value = Some(control.name().to_owned()),
+                    "HEARTBEAT_TOPIC" => var.value = Some(heartbeats.name().to_owned()),
+                    _ => {}
+                }
+            }
+            start_like(&d, &format!("{}-0", d.metadata.name.as_deref().unwrap()))
+        })
+        .collect()
 }
