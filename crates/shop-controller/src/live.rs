@@ -34,6 +34,7 @@ use tokio::sync::watch;
 
 use crate::crd::{Condition, Effective, Measured, ShopPipelineSpec, ShopPipelineStatus};
 use crate::status::Observations;
+use shop_domain::Heartbeat;
 
 /// How often a snapshot is sent to the open pages.
 pub const EVERY: Duration = Duration::from_secs(1);
@@ -81,6 +82,20 @@ struct Entry {
     published_generation: Option<u64>,
     replicas: Vec<Replica>,
     history: VecDeque<Sample>,
+}
+
+impl Entry {
+    /// The status's measurement, with the rates of the sampler's latest sample, which is
+    /// fresher than the last reconcile.
+    fn measured(&self) -> Option<Measured> {
+        let mut measured = self.status.measured.clone();
+        if let Some(latest) = self.history.back() {
+            let measured = measured.get_or_insert_with(Measured::default);
+            measured.orders_per_second = latest.orders_per_second;
+            measured.failure_ratio = latest.failure_ratio;
+        }
+        measured
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -196,35 +211,7 @@ impl Board {
         observations: &Observations,
         status: &ShopPipelineStatus,
     ) {
-        self.record_at(
-            namespace,
-            name,
-            spec,
-            observations,
-            status,
-            SystemTime::now(),
-        );
-    }
-
-    fn record_at(
-        &self,
-        namespace: &str,
-        name: &str,
-        spec: &ShopPipelineSpec,
-        observations: &Observations,
-        status: &ShopPipelineStatus,
-        now: SystemTime,
-    ) {
-        let replicas = observations
-            .live_heartbeats
-            .iter()
-            .map(|h| Replica {
-                service: h.service.clone(),
-                instance: h.instance.clone(),
-                applied_generation: h.applied_generation,
-                heartbeat: shop_domain::time::parse_rfc3339(&h.timestamp),
-            })
-            .collect();
+        let replicas = replicas(&observations.live_heartbeats);
         let mut state = self.lock();
         let entry = state
             .pipelines
@@ -242,15 +229,48 @@ impl Board {
         entry.status = status.clone();
         entry.published_generation = observations.effective.as_ref().map(|(g, _)| *g);
         entry.replicas = replicas;
-        // Only new measurements enter the history; the status keeps the last one when a
-        // reconcile could not measure.
-        if let Some(measured) = &observations.measured
-            && (measured.orders_per_second.is_some() || measured.failure_ratio.is_some())
-        {
+    }
+
+    /// Records a measurement of the sampler ([`crate::measure`]) and the live heartbeats
+    /// it saw: the page shows them at once and draws the rates in the pipeline's
+    /// sparkline. A pipeline not reconciled yet is skipped.
+    pub fn sample(
+        &self,
+        namespace: &str,
+        name: &str,
+        (orders_per_second, failure_ratio): (Option<f64>, Option<f64>),
+        heartbeats: &[Heartbeat],
+    ) {
+        self.sample_at(
+            namespace,
+            name,
+            (orders_per_second, failure_ratio),
+            heartbeats,
+            SystemTime::now(),
+        );
+    }
+
+    fn sample_at(
+        &self,
+        namespace: &str,
+        name: &str,
+        (orders_per_second, failure_ratio): (Option<f64>, Option<f64>),
+        heartbeats: &[Heartbeat],
+        now: SystemTime,
+    ) {
+        let mut state = self.lock();
+        let Some(entry) = state
+            .pipelines
+            .get_mut(&(namespace.to_owned(), name.to_owned()))
+        else {
+            return;
+        };
+        entry.replicas = replicas(heartbeats);
+        if orders_per_second.is_some() || failure_ratio.is_some() {
             entry.history.push_back(Sample {
                 at: now,
-                orders_per_second: measured.orders_per_second,
-                failure_ratio: measured.failure_ratio,
+                orders_per_second,
+                failure_ratio,
             });
         }
         while entry
@@ -260,6 +280,13 @@ impl Board {
         {
             entry.history.pop_front();
         }
+    }
+
+    /// Forgets the pipelines whose key (`namespace/name`) is not in `keys`.
+    pub fn retain(&self, keys: &std::collections::HashSet<String>) {
+        self.lock().pipelines.retain(|(namespace, name), _| {
+            keys.contains(&shop_domain::control::pipeline_key(namespace, name))
+        });
     }
 
     /// Forgets a pipeline that is gone.
@@ -293,7 +320,7 @@ impl Board {
                     spec: entry.spec.clone(),
                     effective: entry.status.effective.clone(),
                     published_generation: entry.published_generation,
-                    measured: entry.status.measured.clone(),
+                    measured: entry.measured(),
                     history: entry
                         .history
                         .iter()
@@ -370,6 +397,18 @@ impl Board {
     }
 }
 
+fn replicas(heartbeats: &[Heartbeat]) -> Vec<Replica> {
+    heartbeats
+        .iter()
+        .map(|h| Replica {
+            service: h.service.clone(),
+            instance: h.instance.clone(),
+            applied_generation: h.applied_generation,
+            heartbeat: shop_domain::time::parse_rfc3339(&h.timestamp),
+        })
+        .collect()
+}
+
 /// `GET /` (the page) and `GET /events` (its stream), to merge with the probe routes.
 pub fn routes(board: Board) -> Router {
     Router::new()
@@ -407,7 +446,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use shop_domain::Heartbeat;
 
     fn spec(rate: f64) -> ShopPipelineSpec {
         ShopPipelineSpec {
@@ -443,17 +481,24 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + seconds)
     }
 
-    #[test]
-    fn a_standby_shows_no_pipelines_and_names_the_lease() {
-        let board = Board::new("replica-b");
-        board.record_at(
+    fn record(board: &Board) {
+        board.record(
             "ns",
             "demo",
             &spec(5.0),
-            &observed(Some(5.0), ""),
+            &observed(None, ""),
             &ShopPipelineStatus::default(),
-            at(0),
         );
+    }
+
+    fn heartbeat(at_second: u64) -> Vec<Heartbeat> {
+        observed(None, &shop_domain::time::rfc3339(at(at_second))).live_heartbeats
+    }
+
+    #[test]
+    fn a_standby_shows_no_pipelines_and_names_the_lease() {
+        let board = Board::new("replica-b");
+        record(&board);
         board.standby("shopstream/shop-controller");
         let snapshot = board.snapshot(at(1));
         assert_eq!(snapshot.role, "standby");
@@ -465,21 +510,22 @@ mod tests {
     }
 
     #[test]
-    fn the_leader_shows_each_pipeline_with_history_and_heartbeat_age() {
+    fn the_leader_shows_each_pipeline_with_the_samples_and_heartbeat_ages() {
         let board = Board::new("replica-a");
         board.leading("shopstream/shop-controller");
-        let heartbeat = shop_domain::time::rfc3339(at(8));
-        for (second, rate) in [(0, None), (5, Some(4.0)), (10, Some(5.0))] {
-            board.record_at(
+        // Samples of a pipeline not reconciled yet are not shown.
+        board.sample_at("ns", "demo", (Some(1.0), None), &heartbeat(0), at(0));
+        record(&board);
+        for (second, rate) in [(5, None), (10, Some(4.0)), (15, Some(5.0))] {
+            board.sample_at(
                 "ns",
                 "demo",
-                &spec(5.0),
-                &observed(rate, &heartbeat),
-                &ShopPipelineStatus::default(),
+                (rate, Some(0.1)),
+                &heartbeat(second - 1),
                 at(second),
             );
         }
-        let snapshot = board.snapshot(at(12));
+        let snapshot = board.snapshot(at(17));
         assert_eq!(snapshot.role, "leader");
         let view = &snapshot.pipelines[0];
         assert_eq!(
@@ -492,29 +538,25 @@ mod tests {
             .iter()
             .map(|p| (p.age_seconds, p.orders_per_second))
             .collect();
-        assert_eq!(history, [(7.0, Some(4.0)), (2.0, Some(5.0))]);
-        assert_eq!(view.replicas[0].heartbeat_age_seconds, Some(4.0));
+        assert_eq!(history, [(12.0, None), (7.0, Some(4.0)), (2.0, Some(5.0))]);
+        // The latest sample is fresher than the status the last reconcile wrote.
+        assert_eq!(view.measured.as_ref().unwrap().orders_per_second, Some(5.0));
+        assert_eq!(view.replicas[0].heartbeat_age_seconds, Some(3.0));
         assert_eq!(view.replicas[0].applied_generation, Some(5));
     }
 
     #[test]
-    fn history_keeps_only_the_last_minutes_and_removal_forgets() {
+    fn history_keeps_only_the_last_minutes_and_retain_forgets() {
         let board = Board::new("replica-a");
         board.leading("l");
+        record(&board);
         let minutes = HISTORY.as_secs();
         for second in [0, 10, minutes + 5] {
-            board.record_at(
-                "ns",
-                "demo",
-                &spec(5.0),
-                &observed(Some(1.0), ""),
-                &ShopPipelineStatus::default(),
-                at(second),
-            );
+            board.sample_at("ns", "demo", (Some(1.0), None), &[], at(second));
         }
         let snapshot = board.snapshot(at(minutes + 5));
         assert_eq!(snapshot.pipelines[0].history.len(), 2);
-        board.remove("ns", "demo");
+        board.retain(&["ns/other".to_owned()].into());
         assert!(board.snapshot(at(minutes + 6)).pipelines.is_empty());
     }
 }

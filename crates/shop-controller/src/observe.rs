@@ -5,10 +5,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use shop_domain::Heartbeat;
 use shop_domain::control::parse_heartbeat_key;
 use shop_kafka::KafkaArgs;
+use shop_kafka::compacted::FollowedTable;
 
 use crate::status::LIVE_WITHIN;
 
@@ -88,14 +90,47 @@ fn progress_blocking(
     Ok(Some((written, lag)))
 }
 
-/// The live heartbeats of `pipeline` (fresher than `LIVE_WITHIN`).
-pub async fn live_heartbeats(
-    kafka: &KafkaArgs,
-    pipeline: &str,
-) -> shop_kafka::Result<Vec<Heartbeat>> {
-    let table = shop_kafka::compacted::read_table(kafka, &kafka.heartbeat_topic, TIMEOUT).await?;
+/// Records ever written to `topic` (the sum of its partitions' high watermarks), asked
+/// through the controller's long-lived producer; `None` when the topic does not exist.
+pub async fn written(producer: &FutureProducer, topic: &str) -> shop_kafka::Result<Option<i64>> {
+    let (producer, topic) = (producer.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let client = producer.client();
+        let metadata = client
+            .fetch_metadata(Some(&topic), TIMEOUT)
+            .map_err(|source| shop_kafka::Error::Metadata {
+                topic: topic.clone(),
+                source,
+            })?;
+        let Some(found) = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+        else {
+            return Ok(None);
+        };
+        let mut written = 0;
+        for partition in found.partitions() {
+            let (_, high) = client
+                .fetch_watermarks(&topic, partition.id(), TIMEOUT)
+                .map_err(|source| shop_kafka::Error::Metadata {
+                    topic: topic.clone(),
+                    source,
+                })?;
+            written += high;
+        }
+        Ok(Some(written))
+    })
+    .await
+    .map_err(|e| shop_kafka::Error::Task(e.to_string()))?
+}
+
+/// The live heartbeats of `pipeline` (fresher than `LIVE_WITHIN`), from the followed
+/// heartbeat table.
+pub fn live_heartbeats(table: &FollowedTable, pipeline: &str) -> Vec<Heartbeat> {
     let now = SystemTime::now();
-    Ok(table
+    table
+        .with_prefix(&format!("{pipeline}/"))
         .iter()
         .filter(|(key, _)| parse_heartbeat_key(key).is_some_and(|(p, _, _)| p == pipeline))
         .filter_map(|(_, value)| Heartbeat::parse(value).ok())
@@ -104,14 +139,14 @@ pub async fn live_heartbeats(
             shop_domain::time::parse_rfc3339(&h.timestamp)
                 .is_some_and(|at| now.duration_since(at).unwrap_or_default() < LIVE_WITHIN)
         })
-        .collect())
+        .collect()
 }
 
-/// Sum of a counter over heartbeats of one service.
-pub fn counter(heartbeats: &[Heartbeat], service: &str, name: &str) -> u64 {
+/// A counter of each replica of one service, by instance.
+pub fn counters(heartbeats: &[Heartbeat], service: &str, name: &str) -> BTreeMap<String, u64> {
     heartbeats
         .iter()
         .filter(|h| h.service == service)
-        .filter_map(|h| h.counters.get(name))
-        .sum()
+        .filter_map(|h| Some((h.instance.clone(), *h.counters.get(name)?)))
+        .collect()
 }

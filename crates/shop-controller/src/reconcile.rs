@@ -23,7 +23,9 @@ use kube::{Api, Client, Resource, ResourceExt};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use shop_domain::ControlRecord;
 use shop_kafka::KafkaArgs;
+use shop_kafka::compacted::FollowedTable;
 use shop_kafka::topics::{TopicSpec, ensure_topics};
+use shop_runtime::CancellationToken;
 use shop_runtime::Metrics;
 use shop_runtime::Timer;
 use shop_runtime::metrics::{Counter, Family, Histogram, exponential_buckets};
@@ -32,14 +34,21 @@ use tracing::{info, warn};
 use crate::build::{Defaults, Desired, desired};
 use crate::crd::{Effective, Measured, ShopPipeline, ShopPipelineStatus};
 use crate::live::Board;
+use crate::measure::Rates;
 use crate::observe;
 use crate::status::{Observations, status};
 
 /// The one field manager of everything this controller writes.
 pub const MANAGER: &str = "shop-controller";
 
-/// How often a healthy pipeline is looked at again (measured values, heartbeats).
-pub const REFRESH: Duration = Duration::from_secs(10);
+/// How often a settled pipeline is looked at again (measured values, lags). Changes of the
+/// spec and of the pipeline's Deployments trigger a reconcile at once.
+pub const REFRESH: Duration = Duration::from_secs(30);
+
+/// How often a pipeline is looked at while its replicas have not yet applied a control
+/// record published less than [`CONVERGING_FOR`] ago, so `Applied` follows within a second.
+pub const CONVERGING: Duration = Duration::from_secs(1);
+pub const CONVERGING_FOR: Duration = Duration::from_secs(60);
 
 /// The controller's metrics: reconciles, failures by reason, and durations.
 #[derive(Debug, Clone)]
@@ -77,8 +86,12 @@ pub struct Context {
     pub producer: FutureProducer,
     /// The latest control record per pipeline key, as in the compacted control topic.
     pub published: Mutex<HashMap<String, ControlRecord>>,
-    /// The previous sample of each pipeline's counters, for measured rates.
-    samples: Mutex<HashMap<String, Sample>>,
+    /// The heartbeats of every replica of every pipeline, followed in the background.
+    pub heartbeats: FollowedTable,
+    /// Measured rates over a fixed window ([`crate::measure`]).
+    pub rates: Rates,
+    /// When each pipeline's control record was last published.
+    published_at: Mutex<HashMap<String, Instant>>,
     /// What the live view shows ([`crate::live`]).
     pub board: Board,
 }
@@ -89,14 +102,6 @@ impl std::fmt::Debug for Context {
             .field("defaults", &self.defaults)
             .finish_non_exhaustive()
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Sample {
-    at: Instant,
-    orders_written: i64,
-    payments_failed: u64,
-    payments_processed: u64,
 }
 
 /// Errors of one reconcile, by step.
@@ -148,6 +153,7 @@ impl Context {
         metrics: ControllerMetrics,
         identity: &str,
         board: Board,
+        shutdown: CancellationToken,
     ) -> Result<Self, shop_kafka::Error> {
         let producer: FutureProducer = kafka
             .client_config("shop-controller")
@@ -167,6 +173,13 @@ impl Context {
             .into_iter()
             .filter_map(|(key, value)| Some((key, ControlRecord::parse(&value).ok()?)))
             .collect();
+        let heartbeats = FollowedTable::follow(
+            &kafka,
+            &kafka.heartbeat_topic,
+            Duration::from_secs(30),
+            shutdown,
+        )
+        .await?;
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: Some(identity.into()),
@@ -179,7 +192,9 @@ impl Context {
             kafka,
             producer,
             published: Mutex::new(published),
-            samples: Mutex::new(HashMap::new()),
+            heartbeats,
+            rates: Rates::default(),
+            published_at: Mutex::new(HashMap::new()),
             board,
         })
     }
@@ -268,8 +283,15 @@ async fn reconcile_steps(pipeline: &ShopPipeline, ctx: &Context) -> Result<Actio
         &observations,
         &next,
     );
+    let converging = next
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Applied" && c.status != "True")
+        && lock(&ctx.published_at)
+            .get(&desired.pipeline_key)
+            .is_some_and(|at| at.elapsed() < CONVERGING_FOR);
     write_status(pipeline, next, ctx).await?;
-    applied.map(|()| Action::requeue(REFRESH))
+    applied.map(|()| Action::requeue(if converging { CONVERGING } else { REFRESH }))
 }
 
 async fn apply(pipeline: &ShopPipeline, desired: &Desired, ctx: &Context) -> Result<(), Error> {
@@ -351,6 +373,7 @@ async fn publish_control(
         if record.paused { "paused" } else { "running" }
     );
     lock(&ctx.published).insert(desired.pipeline_key.clone(), record);
+    lock(&ctx.published_at).insert(desired.pipeline_key.clone(), Instant::now());
     let object = pipeline.object_ref(&());
     event(ctx, &object, EventType::Normal, "ControlPublished", note).await;
     Ok(())
@@ -378,14 +401,8 @@ async fn observe(pipeline: &ShopPipeline, desired: &Desired, ctx: &Context) -> O
             },
         )
     });
-    let heartbeats = match observe::live_heartbeats(&ctx.kafka, &desired.pipeline_key).await {
-        Ok(heartbeats) => heartbeats,
-        Err(error) => {
-            warn!(pipeline = %desired.pipeline_key, %error, "heartbeats not read");
-            Vec::new()
-        }
-    };
-    let measured = measure(desired, &heartbeats, ctx).await;
+    let heartbeats = observe::live_heartbeats(&ctx.heartbeats, &desired.pipeline_key);
+    let measured = measure(desired, ctx).await;
     Observations {
         generation: pipeline.metadata.generation,
         effective,
@@ -397,46 +414,23 @@ async fn observe(pipeline: &ShopPipeline, desired: &Desired, ctx: &Context) -> O
     }
 }
 
-async fn measure(
-    desired: &Desired,
-    heartbeats: &[shop_domain::Heartbeat],
-    ctx: &Context,
-) -> Option<Measured> {
+/// The rates over the sampler's window and the lags now. `None` when the orders topic
+/// cannot be read.
+async fn measure(desired: &Desired, ctx: &Context) -> Option<Measured> {
     let topics = &desired.topics;
     let orders = observe::progress(&ctx.kafka, &topics.orders, &topics.payment_group).await;
     let payments =
         observe::progress(&ctx.kafka, &topics.payments, &topics.notification_group).await;
-    let (Ok(Some((orders_written, payment_lag))), Ok(payments)) = (orders, payments) else {
+    let (Ok(Some((_, payment_lag))), Ok(payments)) = (orders, payments) else {
         return None;
     };
-    let now = Sample {
-        at: Instant::now(),
-        orders_written,
-        payments_failed: observe::counter(heartbeats, "payment-service", "failed"),
-        payments_processed: observe::counter(heartbeats, "payment-service", "processed"),
-    };
-    let before = lock(&ctx.samples).insert(desired.pipeline_key.clone(), now);
-    let mut measured = Measured {
+    let (orders_per_second, failure_ratio) = ctx.rates.measured(&desired.pipeline_key);
+    Some(Measured {
+        orders_per_second,
+        failure_ratio,
         payment_lag: Some(payment_lag),
         notification_lag: payments.map(|(_, lag)| lag),
-        ..Measured::default()
-    };
-    if let Some(before) = before {
-        let seconds = now.at.duration_since(before.at).as_secs_f64();
-        if seconds > 0.5 {
-            let rate = (now.orders_written - before.orders_written).max(0) as f64 / seconds;
-            measured.orders_per_second = Some((rate * 100.0).round() / 100.0);
-        }
-        let processed = now
-            .payments_processed
-            .saturating_sub(before.payments_processed);
-        if processed > 0 {
-            let failed = now.payments_failed.saturating_sub(before.payments_failed);
-            measured.failure_ratio =
-                Some((failed as f64 / processed as f64 * 1000.0).round() / 1000.0);
-        }
-    }
-    Some(measured)
+    })
 }
 
 /// The status `observations` call for.

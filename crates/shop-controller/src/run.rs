@@ -5,7 +5,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::core::PartialObjectMeta;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client};
 use shop_domain::control::{CONTROL_TOPIC, HEARTBEAT_TOPIC, ID_BLOCK_TOPIC};
 use shop_kafka::KafkaArgs;
@@ -206,6 +206,7 @@ async fn run_as_leader(
                 metrics.clone(),
                 identity,
                 board.clone(),
+                shutdown.clone(),
             )
             .await
         };
@@ -248,6 +249,20 @@ async fn run_as_leader(
         sweep_every,
         shutdown.clone(),
     ));
+    // Reconcile on what can change the desired state: the spec (metadata.generation, so a
+    // status write does not trigger a reconcile of its own) and the pipeline's
+    // Deployments. Measured values are refreshed by the requeue of each reconcile.
+    let (store, writer) = reflector::store();
+    let trigger = watcher(metas, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, PredicateConfig::default());
+    tokio::spawn(crate::measure::sample_periodically(
+        Arc::clone(&ctx),
+        store.clone(),
+        shutdown.clone(),
+    ));
     let children = watcher::Config::default().labels(crate::build::PIPELINE_LABEL);
     info!(
         namespace = config.watch_namespace.as_deref().unwrap_or("*"),
@@ -255,7 +270,7 @@ async fn run_as_leader(
     );
     health.set_ready(true, "");
     let stop = shutdown.clone();
-    Controller::new(metas, watcher::Config::default().any_semantic())
+    Controller::for_stream(trigger, store)
         .owns(deployments, children)
         .graceful_shutdown_on(async move { stop.cancelled().await })
         .run(reconcile, error_policy, ctx)

@@ -10,7 +10,6 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kube::Api;
@@ -18,40 +17,8 @@ use kube::api::PostParams;
 use serde_json::{Value, json};
 use shop_controller::crd::{ShopPipeline, ShopPipelineSpec};
 use shop_testkit::browser::Browser;
-use shop_testkit::{TestTopic, free_port, test_log, testbed, workspace_binary};
-use support::{install_crd, start_services, three_deployments};
-
-/// The `shop-controller` binary, stopped with SIGTERM when dropped.
-struct ControllerProcess(Child);
-
-impl ControllerProcess {
-    fn start(port: u16, namespace: &str, control: &TestTopic, heartbeats: &TestTopic) -> Self {
-        let bed = testbed();
-        let child = Command::new(workspace_binary("shop-controller"))
-            .args(["--bootstrap-servers", bed.kafka_bootstrap()])
-            .args(["--control-topic", control.name()])
-            .args(["--heartbeat-topic", heartbeats.name()])
-            .args(["--watch-namespace", namespace])
-            .args(["--leader-election-namespace", namespace])
-            .env("KUBECONFIG", bed.kubeconfig().unwrap())
-            .env("HTTP_PORT", port.to_string())
-            .env("INSTANCE_ID", "live-view-controller")
-            .stdout(Stdio::null())
-            .stderr(test_log(&format!("live-view-controller-{namespace}")))
-            .spawn()
-            .unwrap();
-        Self(child)
-    }
-}
-
-impl Drop for ControllerProcess {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
+use shop_testkit::{free_port, testbed};
+use support::{ControllerProcess, install_crd, start_services, three_deployments};
 
 /// The text of the pipeline card's field `field`, or `None` while the page does not show
 /// the pipeline.

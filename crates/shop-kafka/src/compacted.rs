@@ -6,11 +6,14 @@
 //! number of readers can do this at once.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::context::QuietEof;
 use crate::{Error, KafkaArgs, Result};
@@ -127,4 +130,130 @@ pub(crate) fn partitions_of<X: ConsumerContext, C: Consumer<X>>(
         return Ok(None);
     }
     Ok(Some(found.partitions().iter().map(|p| p.id()).collect()))
+}
+
+/// A compacted topic followed in the background: the latest value per key, kept current as
+/// records arrive. One follower serves any number of readers (the controller keeps one for
+/// the heartbeats of every pipeline instead of reading the topic per reconcile).
+#[derive(Debug, Clone)]
+pub struct FollowedTable {
+    table: Arc<RwLock<BTreeMap<String, Vec<u8>>>>,
+}
+
+impl FollowedTable {
+    /// Starts following `topic` from its beginning. Returns once the topic has been read
+    /// to its current end (or after `catch_up`, when the broker is slow); keeps following
+    /// until `shutdown`.
+    pub async fn follow(
+        args: &KafkaArgs,
+        topic: &str,
+        catch_up: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<Self> {
+        let consumer: StreamConsumer<QuietEof> = args
+            .client_config("shopstream-table-follower")
+            .set("group.id", "shopstream-table-follower")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "50")
+            .create_with_context(QuietEof)
+            .map_err(|source| Error::Client {
+                bootstrap: args.bootstrap_servers.clone(),
+                source,
+            })?;
+        let partitions =
+            partitions_of(&consumer, topic, catch_up)?.ok_or_else(|| Error::NoSuchTopic {
+                topic: topic.to_owned(),
+            })?;
+        let mut assignment = TopicPartitionList::new();
+        for partition in &partitions {
+            assignment
+                .add_partition_offset(topic, *partition, Offset::Beginning)
+                .map_err(|source| Error::Consume {
+                    topic: topic.to_owned(),
+                    source,
+                })?;
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(|source| Error::Consume {
+                topic: topic.to_owned(),
+                source,
+            })?;
+        let followed = Self {
+            table: Arc::new(RwLock::new(BTreeMap::new())),
+        };
+        let (caught_up_tx, caught_up_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(followed.clone().run(
+            consumer,
+            topic.to_owned(),
+            partitions.into_iter().collect(),
+            caught_up_tx,
+            shutdown,
+        ));
+        if tokio::time::timeout(catch_up, caught_up_rx).await.is_err() {
+            tracing::warn!(%topic, "topic not read to its end yet; following it from what is known so far");
+        }
+        Ok(followed)
+    }
+
+    /// The entries whose key starts with `prefix`, in key order.
+    pub fn with_prefix(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        self.read()
+            .range(prefix.to_owned()..)
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Vec<u8>>> {
+        // Writers only insert or remove one entry: a poisoned lock still holds a table.
+        self.table.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn run(
+        self,
+        consumer: StreamConsumer<QuietEof>,
+        topic: String,
+        mut pending_eof: HashSet<i32>,
+        caught_up: tokio::sync::oneshot::Sender<()>,
+        shutdown: CancellationToken,
+    ) {
+        let mut caught_up = Some(caught_up);
+        loop {
+            let received = tokio::select! {
+                () = shutdown.cancelled() => return,
+                received = consumer.recv() => received,
+            };
+            match received {
+                Ok(message) => {
+                    let Some(key) = message.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                        continue;
+                    };
+                    let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
+                    match message.payload() {
+                        Some(value) => table.insert(key.to_owned(), value.to_vec()),
+                        None => table.remove(key),
+                    };
+                }
+                Err(KafkaError::PartitionEOF(partition)) => {
+                    pending_eof.remove(&partition);
+                    if pending_eof.is_empty()
+                        && let Some(caught_up) = caught_up.take()
+                    {
+                        let _ = caught_up.send(());
+                    }
+                }
+                Err(error) => {
+                    // The client reconnects by itself; pause so an outage is not a busy
+                    // loop of identical warnings.
+                    tracing::warn!(%topic, %error, "following the topic failed; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
 }

@@ -237,3 +237,54 @@ pub fn start_services(
         })
         .collect()
 }
+
+/// The `shop-controller` binary, stopped with SIGTERM when dropped.
+pub struct ControllerProcess(Child);
+
+impl ControllerProcess {
+    pub fn start(port: u16, namespace: &str, control: &TestTopic, heartbeats: &TestTopic) -> Self {
+        let bed = testbed();
+        let child = Command::new(workspace_binary("shop-controller"))
+            .args(["--bootstrap-servers", bed.kafka_bootstrap()])
+            .args(["--control-topic", control.name()])
+            .args(["--heartbeat-topic", heartbeats.name()])
+            .args(["--watch-namespace", namespace])
+            .args(["--leader-election-namespace", namespace])
+            .env("KUBECONFIG", bed.kubeconfig().unwrap())
+            .env("HTTP_PORT", port.to_string())
+            .env("INSTANCE_ID", "live-view-controller")
+            .stdout(Stdio::null())
+            .stderr(test_log(&format!("live-view-controller-{namespace}")))
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// The counter `name` (with its `_total` suffix) on the `/metrics` of the binary serving
+/// on `port`.
+pub async fn metric(port: u16, name: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .ok()?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await.ok()?;
+    reply.lines().find_map(|line| {
+        let (key, value) = line.split_once(' ')?;
+        (key == name).then(|| value.trim().parse().ok())?
+    })
+}
