@@ -8,6 +8,7 @@
 // Printer columns repeat `type_ = "number"` by design; clippy reads that as a duplicate.
 #![allow(clippy::duplicated_attributes)]
 
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::core::crd::CustomResourceExt;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -148,8 +149,10 @@ pub struct ShopPipelineStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, Applied, Paused and Degraded, in the shape of metav1.Condition.
+    /// Ready, Applied, Paused and Degraded (`metav1.Condition`), one per type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    #[schemars(transform = condition_status_enum)]
     pub conditions: Vec<Condition>,
     /// The settings the controller published to the pipeline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -159,24 +162,18 @@ pub struct ShopPipelineStatus {
     pub measured: Option<Measured>,
 }
 
-/// A status condition, the shape of `metav1.Condition`.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct Condition {
-    /// Ready, Applied, Paused or Degraded.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// True, False or Unknown.
-    pub status: String,
-    /// CamelCase reason of the last transition.
-    pub reason: String,
-    /// Human-readable details.
-    #[serde(default)]
-    pub message: String,
-    /// When the status last changed (RFC 3339).
-    pub last_transition_time: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
+/// A condition's status is `True`, `False` or `Unknown`, as metav1.Condition documents
+/// (its generated schema leaves the enum out).
+fn condition_status_enum(schema: &mut schemars::Schema) {
+    if let Some(status) = schema
+        .pointer_mut("/items/properties/status")
+        .and_then(|s| s.as_object_mut())
+    {
+        status.insert(
+            "enum".into(),
+            serde_json::json!(["True", "False", "Unknown"]),
+        );
+    }
 }
 
 /// Settings published to the pipeline in its control record.

@@ -11,10 +11,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
@@ -251,7 +253,7 @@ async fn read(
         Ok(found) => Ok(found),
         Err(kube::Error::SerdeError(error)) => {
             let message = format!("cannot read spec: {error}");
-            let now = shop_domain::time::rfc3339(SystemTime::now());
+            let now = now();
             let status = crate::status::invalid(meta.metadata.generation, &message, &now);
             // Server-side apply cannot type an object whose spec does not fit the schema;
             // a merge patch of the status alone can.
@@ -435,7 +437,7 @@ async fn measure(desired: &Desired, ctx: &Context) -> Option<Measured> {
 
 /// The status `observations` call for.
 fn next_status(pipeline: &ShopPipeline, observations: &Observations) -> ShopPipelineStatus {
-    let now = shop_domain::time::rfc3339(SystemTime::now());
+    let now = now();
     let mut next = status(observations, pipeline.status.as_ref(), &now);
     // Measured values move every period; keep the previous ones when there are no new
     // ones, so a missing sample does not flap the status.
@@ -472,6 +474,13 @@ async fn write_status(
     .await
     .map_err(|source| Error::Status { name, source })?;
     Ok(())
+}
+
+/// Now, to the second: `metav1.Time` is written with seconds, so a status built with a
+/// finer time would differ from the same status read back.
+fn now() -> Time {
+    let now = Timestamp::now();
+    Time(Timestamp::from_second(now.as_second()).unwrap_or(now))
 }
 
 /// Requeue policy on error: invalid specs wait for a change, everything else retries.

@@ -3,6 +3,8 @@
 
 use shop_domain::Heartbeat;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
 use crate::crd::{Condition, Effective, Measured, ShopPipelineStatus};
 
 /// A heartbeat older than this belongs to a replica that is gone (or cannot reach Kafka).
@@ -30,7 +32,7 @@ pub struct Observations {
 pub fn status(
     observations: &Observations,
     previous: Option<&ShopPipelineStatus>,
-    now: &str,
+    now: &Time,
 ) -> ShopPipelineStatus {
     let applied = applied(observations);
     let rolled_out = observations.deployments.len() == 3
@@ -100,7 +102,7 @@ pub fn status(
 }
 
 /// The status of an object that cannot be read as a ShopPipeline.
-pub fn invalid(generation: Option<i64>, message: &str, now: &str) -> ShopPipelineStatus {
+pub fn invalid(generation: Option<i64>, message: &str, now: &Time) -> ShopPipelineStatus {
     let observations = Observations {
         generation,
         error: Some(("InvalidObject".to_owned(), message.to_owned())),
@@ -162,12 +164,12 @@ fn condition(
     reason: String,
     message: String,
     generation: Option<i64>,
-    now: &str,
+    now: &Time,
 ) -> Condition {
     let last_transition_time = previous
         .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
         .filter(|c| c.status == status)
-        .map_or_else(|| now.to_owned(), |c| c.last_transition_time.clone());
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
     Condition {
         type_: type_.to_owned(),
         status: status.to_owned(),
@@ -201,6 +203,10 @@ mod tests {
         }
     }
 
+    fn t(second: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + second).unwrap())
+    }
+
     fn get<'a>(status: &'a ShopPipelineStatus, type_: &str) -> &'a Condition {
         status.conditions.iter().find(|c| c.type_ == type_).unwrap()
     }
@@ -214,7 +220,7 @@ mod tests {
                 heartbeat("payment-service", Some(3)),
             ],
         );
-        let status = status(&obs, None, "t0");
+        let status = status(&obs, None, &t(0));
         assert_eq!(get(&status, "Applied").status, "True");
         assert_eq!(get(&status, "Ready").status, "True");
         assert_eq!(get(&status, "Degraded").status, "False");
@@ -230,7 +236,7 @@ mod tests {
                 heartbeat("payment-service", Some(2)),
             ],
         );
-        let status = status(&obs, None, "t0");
+        let status = status(&obs, None, &t(0));
         let applied = get(&status, "Applied");
         assert_eq!(
             (applied.status.as_str(), applied.reason.as_str()),
@@ -249,11 +255,11 @@ mod tests {
                 heartbeat("notification-service", None),
             ],
         );
-        let status = status(&obs, None, "t0");
+        let status = status(&obs, None, &t(0));
         assert_eq!(get(&status, "Applied").status, "True");
         let only_notifications = running(3, vec![heartbeat("notification-service", None)]);
         assert_eq!(
-            get(&super::status(&only_notifications, None, "t0"), "Applied").reason,
+            get(&super::status(&only_notifications, None, &t(0)), "Applied").reason,
             "NoLiveReplicas"
         );
     }
@@ -265,7 +271,7 @@ mod tests {
             "KafkaUnavailable".into(),
             "creating topics: timed out".into(),
         ));
-        let status = status(&obs, None, "t0");
+        let status = status(&obs, None, &t(0));
         assert_eq!(get(&status, "Degraded").reason, "KafkaUnavailable");
         assert_eq!(get(&status, "Ready").status, "False");
     }
@@ -273,13 +279,13 @@ mod tests {
     #[test]
     fn unchanged_conditions_keep_their_transition_time() {
         let obs = running(3, vec![heartbeat("order-service", Some(3))]);
-        let first = status(&obs, None, "t0");
-        let second = status(&obs, Some(&first), "t1");
+        let first = status(&obs, None, &t(0));
+        let second = status(&obs, Some(&first), &t(1));
         assert_eq!(first, second, "no change, no status write");
         let mut paused = obs.clone();
         paused.paused = true;
-        let third = status(&paused, Some(&second), "t2");
-        assert_eq!(get(&third, "Paused").last_transition_time, "t2");
-        assert_eq!(get(&third, "Ready").last_transition_time, "t0");
+        let third = status(&paused, Some(&second), &t(2));
+        assert_eq!(get(&third, "Paused").last_transition_time, t(2));
+        assert_eq!(get(&third, "Ready").last_transition_time, t(0));
     }
 }

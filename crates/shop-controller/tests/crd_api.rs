@@ -216,3 +216,66 @@ async fn partitions_cannot_shrink_below_the_default_they_were_created_with() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn status_conditions_are_metav1_conditions_one_per_type() {
+    let bed = testbed();
+    let client = bed.kube_client().await.unwrap();
+    install_crd(client.clone()).await;
+    let namespace = bed.namespace("crd-conditions").await.unwrap();
+    let resource = kube::core::ApiResource::erase::<ShopPipeline>(&());
+    let api: Api<kube::core::DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace.name(), &resource);
+    create(
+        &api,
+        pipeline(
+            "demo",
+            json!({"ordersPerSecond": 1, "paymentFailureRatio": 0}),
+        ),
+    )
+    .await
+    .unwrap();
+    let condition = |type_: &str, status: &str| {
+        json!({"type": type_, "status": status, "reason": "Test", "message": "",
+               "lastTransitionTime": "2026-12-01T00:00:00Z"})
+    };
+    let patch_status = async |conditions: Value| {
+        api.patch_status(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions": conditions}})),
+        )
+        .await
+        .map(|_| ())
+    };
+
+    patch_status(json!([
+        condition("Ready", "True"),
+        condition("Applied", "Unknown")
+    ]))
+    .await
+    .unwrap();
+    let typed: Api<ShopPipeline> = Api::namespaced(client, namespace.name());
+    let status = typed.get_status("demo").await.unwrap().status.unwrap();
+    assert_eq!(
+        status.conditions[0].last_transition_time.0.as_second(),
+        k8s_openapi::jiff::Timestamp::from_second(1_796_083_200)
+            .unwrap()
+            .as_second(),
+        "lastTransitionTime is a typed time"
+    );
+
+    let duplicate = patch_status(json!([
+        condition("Ready", "True"),
+        condition("Ready", "False")
+    ]));
+    assert!(
+        refusal(duplicate.await).contains("Duplicate value"),
+        "one condition per type (list-map keyed by type)"
+    );
+    let unknown_status = patch_status(json!([condition("Ready", "Maybe")]));
+    assert!(
+        refusal(unknown_status.await).contains("supported values"),
+        "status is True, False or Unknown"
+    );
+}
