@@ -248,6 +248,9 @@ fn deployment(
         env("CONTROL_TOPIC", &defaults.control_topic),
         env("HEARTBEAT_TOPIC", &defaults.heartbeat_topic),
         env("DLQ_TOPIC", &topics.dlq),
+        // The controller creates the topics first; should a service find one missing, it
+        // creates it with the pipeline's partitions, not its own default.
+        env("TOPIC_PARTITIONS", &pipeline.spec.partitions().to_string()),
         env("LOG_FORMAT", "text"),
         env("HTTP_PORT", &service.http_port().to_string()),
         EnvVar {

@@ -26,7 +26,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use shop_domain::ControlRecord;
 use shop_kafka::KafkaArgs;
 use shop_kafka::compacted::FollowedTable;
-use shop_kafka::topics::{TopicSpec, ensure_topics};
+use shop_kafka::topics::{TopicSpec, ensure_topics, grow_partitions};
 use shop_runtime::CancellationToken;
 use shop_runtime::Metrics;
 use shop_runtime::Timer;
@@ -296,7 +296,35 @@ async fn reconcile_steps(pipeline: &ShopPipeline, ctx: &Context) -> Result<Actio
     applied.map(|()| Action::requeue(if converging { CONVERGING } else { REFRESH }))
 }
 
+/// Topics first (created, or grown to the spec's partitions), so the services never
+/// create them with their own defaults; then the Deployments; then the control record.
 async fn apply(pipeline: &ShopPipeline, desired: &Desired, ctx: &Context) -> Result<(), Error> {
+    let retention = ("retention.ms", (24 * 3600 * 1000).to_string());
+    let topics = [
+        TopicSpec::events(&desired.topics.orders, desired.partitions)
+            .with(retention.0, retention.1.clone()),
+        TopicSpec::events(&desired.topics.payments, desired.partitions)
+            .with(retention.0, retention.1.clone()),
+        TopicSpec::events(&desired.topics.dlq, 1).with(retention.0, retention.1),
+    ];
+    ensure_topics(&ctx.kafka, &topics).await?;
+    let grown = grow_partitions(&ctx.kafka, &topics[..2]).await?;
+    if !grown.is_empty() {
+        let note = format!(
+            "{} now have {} partitions",
+            grown.join(", "),
+            desired.partitions
+        );
+        info!(pipeline = %desired.pipeline_key, topics = ?grown, partitions = desired.partitions, "partitions added");
+        event(
+            ctx,
+            &pipeline.object_ref(&()),
+            EventType::Normal,
+            "PartitionsAdded",
+            note,
+        )
+        .await;
+    }
     let namespace = pipeline.namespace().unwrap_or_default();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let params = PatchParams::apply(MANAGER).force();
@@ -311,18 +339,6 @@ async fn apply(pipeline: &ShopPipeline, desired: &Desired, ctx: &Context) -> Res
                 source,
             })?;
     }
-    let retention = ("retention.ms", (24 * 3600 * 1000).to_string());
-    ensure_topics(
-        &ctx.kafka,
-        &[
-            TopicSpec::events(&desired.topics.orders, desired.partitions)
-                .with(retention.0, retention.1.clone()),
-            TopicSpec::events(&desired.topics.payments, desired.partitions)
-                .with(retention.0, retention.1.clone()),
-            TopicSpec::events(&desired.topics.dlq, 1).with(retention.0, retention.1),
-        ],
-    )
-    .await?;
     publish_control(pipeline, desired, ctx).await
 }
 

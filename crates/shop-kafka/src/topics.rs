@@ -2,11 +2,13 @@
 //!
 //! Creating is idempotent: a topic that exists is left as it is (its partition count and
 //! config are the operator's business once it exists). Without this, a broker with
-//! `auto.create.topics.enable` would create the compacted topics as plain ones.
+//! `auto.create.topics.enable` would create the compacted topics as plain ones. The
+//! controller, which owns its pipelines' topics, also grows them ([`grow_partitions`]) when
+//! a ShopPipeline asks for more partitions.
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -97,6 +99,68 @@ pub async fn ensure_topics(args: &KafkaArgs, topics: &[TopicSpec]) -> Result<()>
         }
     }
     Ok(())
+}
+
+/// Grows each topic of `topics` that has fewer partitions than its spec asks for (Kafka
+/// can add partitions, never remove them; a topic with more is left as it is). Topics that
+/// do not exist are skipped: [`ensure_topics`] creates them. Returns the topics grown.
+pub async fn grow_partitions(args: &KafkaArgs, topics: &[TopicSpec]) -> Result<Vec<String>> {
+    let admin: AdminClient<DefaultClientContext> = args
+        .client_config("shopstream-admin")
+        .create()
+        .map_err(|source| Error::Client {
+            bootstrap: args.bootstrap_servers.clone(),
+            source,
+        })?;
+    let mut grow = Vec::new();
+    for topic in topics {
+        let metadata = admin
+            .inner()
+            .fetch_metadata(Some(&topic.name), Duration::from_secs(10))
+            .map_err(|source| Error::Metadata {
+                topic: topic.name.clone(),
+                source,
+            })?;
+        let current = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic.name && t.error().is_none())
+            .map(|t| t.partitions().len());
+        if let Some(current) = current
+            && current < usize::try_from(topic.partitions).unwrap_or(0)
+        {
+            grow.push(NewPartitions::new(
+                &topic.name,
+                usize::try_from(topic.partitions).unwrap_or(0),
+            ));
+        }
+    }
+    if grow.is_empty() {
+        return Ok(Vec::new());
+    }
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(30)))
+        .request_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_partitions(&grow, &options)
+        .await
+        .map_err(|e| Error::CreateTopic {
+            topic: names(topics),
+            detail: format!("adding partitions: {e}"),
+        })?;
+    let mut grown = Vec::new();
+    for result in results {
+        match result {
+            Ok(topic) => grown.push(topic),
+            Err((topic, code)) => {
+                return Err(Error::CreateTopic {
+                    topic,
+                    detail: format!("adding partitions: {code}"),
+                });
+            }
+        }
+    }
+    Ok(grown)
 }
 
 fn names(topics: &[TopicSpec]) -> String {
