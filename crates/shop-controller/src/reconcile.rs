@@ -272,7 +272,15 @@ async fn read(
 
 async fn reconcile_steps(pipeline: &ShopPipeline, ctx: &Context) -> Result<Action, Error> {
     let desired = desired(pipeline, &ctx.defaults)?;
-    let applied = apply(pipeline, &desired, ctx).await;
+    // A pipeline being deleted is not applied again: the garbage collector is removing its
+    // Deployments (first, under foreground deletion), and re-creating them would fight it.
+    // Its status still says what is left.
+    let deleting = pipeline.metadata.deletion_timestamp.is_some();
+    let applied = if deleting {
+        Ok(())
+    } else {
+        apply(pipeline, &desired, ctx).await
+    };
     let mut observations = observe(pipeline, &desired, ctx).await;
     if let Err(error) = &applied {
         observations.error = Some((error.reason().to_owned(), error.to_string()));
@@ -293,6 +301,9 @@ async fn reconcile_steps(pipeline: &ShopPipeline, ctx: &Context) -> Result<Actio
             .get(&desired.pipeline_key)
             .is_some_and(|at| at.elapsed() < CONVERGING_FOR);
     write_status(pipeline, next, ctx).await?;
+    if deleting {
+        return Ok(Action::await_change());
+    }
     applied.map(|()| Action::requeue(if converging { CONVERGING } else { REFRESH }))
 }
 
@@ -429,6 +440,7 @@ async fn observe(pipeline: &ShopPipeline, desired: &Desired, ctx: &Context) -> O
         measured,
         error: None,
         paused: pipeline.spec.paused,
+        deleting: pipeline.metadata.deletion_timestamp.is_some(),
     }
 }
 

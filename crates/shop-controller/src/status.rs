@@ -25,6 +25,8 @@ pub struct Observations {
     /// Why the last reconcile step failed, if it did.
     pub error: Option<(String, String)>,
     pub paused: bool,
+    /// The pipeline is being deleted (`deletionTimestamp` is set).
+    pub deleting: bool,
 }
 
 /// The status for `observations`, keeping the transition times of conditions whose status
@@ -47,6 +49,11 @@ pub fn status(
         .map(|(name, want, ready)| format!("{name} {ready}/{want} ready"))
         .collect::<Vec<_>>();
     let ready = match (&observations.error, rolled_out, &applied) {
+        _ if observations.deleting => (
+            "False",
+            "Deleting".to_owned(),
+            "the pipeline is being deleted".to_owned(),
+        ),
         (Some((reason, message)), _, _) => ("False", reason.clone(), message.clone()),
         (None, false, _) if observations.deployments.len() < 3 => (
             "False",
@@ -274,6 +281,15 @@ mod tests {
         let status = status(&obs, None, &t(0));
         assert_eq!(get(&status, "Degraded").reason, "KafkaUnavailable");
         assert_eq!(get(&status, "Ready").status, "False");
+    }
+
+    #[test]
+    fn a_pipeline_being_deleted_is_not_ready() {
+        let mut obs = running(3, vec![heartbeat("order-service", Some(3))]);
+        obs.deleting = true;
+        let ready = status(&obs, None, &t(0));
+        assert_eq!(get(&ready, "Ready").reason, "Deleting");
+        assert_eq!(get(&ready, "Ready").status, "False");
     }
 
     #[test]
