@@ -21,6 +21,7 @@ use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureRecord;
+use rdkafka::types::RDKafkaErrorCode;
 use tracing::{info, warn};
 
 use crate::crd::ShopPipeline;
@@ -102,14 +103,21 @@ pub async fn sweep(
     let admin: AdminClient<DefaultClientContext> =
         ctx.kafka.client_config("shop-controller-sweep").create()?;
     let names: Vec<&str> = doomed.iter().map(String::as_str).collect();
+    let mut failed = BTreeSet::new();
     for result in admin.delete_topics(&names, &AdminOptions::new()).await? {
         match result {
             Ok(topic) => info!(%topic, "deleted topic of a deleted pipeline"),
-            Err((topic, code)) => warn!(%topic, %code, "topic of a deleted pipeline not deleted"),
+            // Gone already (another sweep, or by hand): that is what was wanted.
+            Err((topic, RDKafkaErrorCode::UnknownTopicOrPartition)) => {
+                info!(%topic, "topic of a deleted pipeline already gone");
+            }
+            Err((topic, code)) => {
+                warn!(%topic, %code, "topic of a deleted pipeline not deleted; retrying next sweep");
+                failed.insert(topic);
+            }
         }
     }
-    let gone: BTreeSet<String> = doomed.iter().filter_map(|t| pipeline_of_topic(t)).collect();
-    for key in gone {
+    for key in fully_deleted(&doomed, &failed) {
         let tombstone = FutureRecord::<str, [u8]>::to(&ctx.kafka.control_topic).key(&key);
         if let Err((error, _)) = ctx.producer.send(tombstone, Duration::from_secs(10)).await {
             warn!(pipeline = %key, %error, "control record of a deleted pipeline not removed");
@@ -121,6 +129,18 @@ pub async fn sweep(
             .remove(&key);
     }
     Ok(doomed)
+}
+
+/// The pipelines all of whose doomed topics were deleted. Only their control records are
+/// removed: a pipeline with a topic left keeps its record, so the next sweep finds the
+/// topic an orphan again and retries.
+pub fn fully_deleted(doomed: &[String], failed: &BTreeSet<String>) -> BTreeSet<String> {
+    let kept: BTreeSet<String> = failed.iter().filter_map(|t| pipeline_of_topic(t)).collect();
+    doomed
+        .iter()
+        .filter_map(|t| pipeline_of_topic(t))
+        .filter(|key| !kept.contains(key))
+        .collect()
 }
 
 #[cfg(test)]
@@ -164,6 +184,18 @@ mod tests {
             None,
         );
         assert_eq!(doomed, ["a.gone.orders", "a.gone.payments"]);
+    }
+
+    #[test]
+    fn a_pipeline_with_a_topic_left_keeps_its_control_record() {
+        let doomed: Vec<String> = ["a.x.orders", "a.x.payments", "a.y.orders"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            fully_deleted(&doomed, &set(&["a.x.payments"])),
+            set(&["a/y"])
+        );
+        assert_eq!(fully_deleted(&doomed, &set(&[])), set(&["a/x", "a/y"]));
     }
 
     #[test]
