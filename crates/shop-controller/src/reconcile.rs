@@ -94,6 +94,8 @@ pub struct Context {
     pub rates: Rates,
     /// When each pipeline's control record was last published.
     published_at: Mutex<HashMap<String, Instant>>,
+    /// Consecutive failed reconciles of each pipeline, for the error backoff.
+    failures: Mutex<HashMap<String, u32>>,
     /// What the live view shows ([`crate::live`]).
     pub board: Board,
 }
@@ -197,6 +199,7 @@ impl Context {
             heartbeats,
             rates: Rates::default(),
             published_at: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
             board,
         })
     }
@@ -223,6 +226,9 @@ pub async fn reconcile(
         }
         Err(error) => Err(error),
     };
+    if result.is_ok() {
+        lock(&ctx.failures).remove(&key_of(&meta));
+    }
     if let Err(error) = &result {
         ctx.metrics
             .failures
@@ -511,17 +517,41 @@ fn now() -> Time {
     Time(Timestamp::from_second(now.as_second()).unwrap_or(now))
 }
 
-/// Requeue policy on error: invalid specs wait for a change, everything else retries.
+/// The first pause after a failed reconcile; it doubles with each failure in a row.
+pub const RETRY_FIRST: Duration = Duration::from_secs(5);
+/// The longest pause between retries of a failing pipeline.
+pub const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// Requeue policy on error: invalid specs wait for a change, everything else retries
+/// with a pause that doubles with each failure in a row (5 s up to 5 min), so a pipeline
+/// that keeps failing (Kafka down) does not keep the controller busy.
 pub fn error_policy(
     pipeline: Arc<PartialObjectMeta<ShopPipeline>>,
     error: &Error,
-    _ctx: Arc<Context>,
+    ctx: Arc<Context>,
 ) -> Action {
-    warn!(pipeline = %pipeline.name_any(), reason = error.reason(), %error, "reconcile failed");
+    let failures = {
+        let mut failures = lock(&ctx.failures);
+        let count = failures.entry(key_of(&pipeline)).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    };
+    let delay = retry_delay(failures);
+    warn!(pipeline = %pipeline.name_any(), reason = error.reason(), %error, failures, retry_in = ?delay, "reconcile failed");
     match error {
         Error::Build(_) | Error::Invalid { .. } => Action::await_change(),
-        _ => Action::requeue(Duration::from_secs(5)),
+        _ => Action::requeue(delay),
     }
+}
+
+/// The pause after the `failures`-th failure in a row.
+pub fn retry_delay(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    (RETRY_FIRST * 2u32.pow(doublings)).min(RETRY_MAX)
+}
+
+fn key_of(meta: &PartialObjectMeta<ShopPipeline>) -> String {
+    shop_domain::control::pipeline_key(&meta.namespace().unwrap_or_default(), &meta.name_any())
 }
 
 /// Records an event on the pipeline; an event that cannot be written is only logged.
@@ -550,4 +580,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_of_a_failing_pipeline_slow_down_to_five_minutes() {
+        let delays: Vec<u64> = (1..=9).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(retry_delay(u32::MAX), RETRY_MAX);
+    }
 }

@@ -105,6 +105,9 @@ impl Config {
     }
 }
 
+/// At most this many pipelines are reconciled at once.
+pub const CONCURRENCY: u16 = 8;
+
 /// The readiness reason of a replica that waits for the Lease.
 pub const STANDBY: &str = "standby: waiting for leadership";
 
@@ -193,11 +196,10 @@ async fn run_as_leader(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let kafka = config.kafka();
-    // Kafka may be down when the controller starts: wait for it with backoff instead of
-    // exiting, staying not-ready with the reason.
-    let mut backoff = std::time::Duration::from_secs(1);
-    let ctx = loop {
-        let started = async {
+    // Kafka may be down when the controller starts: wait for it (shop-runtime's one
+    // start-up retry) instead of exiting, not ready with the reason meanwhile.
+    let started =
+        shop_runtime::retry::start_up("connecting to Kafka", &shutdown, &health, || async {
             ensure_topics(&kafka, &control_plane_topics(&kafka)).await?;
             Context::new(
                 client.clone(),
@@ -209,19 +211,10 @@ async fn run_as_leader(
                 shutdown.clone(),
             )
             .await
-        };
-        match started.await {
-            Ok(ctx) => break Arc::new(ctx),
-            Err(error) => {
-                warn!(%error, retry_in = ?backoff, "Kafka not usable yet");
-                health.set_ready(false, format!("Kafka not usable: {error}"));
-            }
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            () = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+        })
+        .await;
+    let Some(ctx) = started.map(Arc::new) else {
+        return Ok(());
     };
     // Pipelines are watched as metadata only; reconcile reads each object by itself (see
     // `reconcile`), so one unreadable object cannot stop the watch.
@@ -271,6 +264,7 @@ async fn run_as_leader(
     health.set_ready(true, "");
     let stop = shutdown.clone();
     Controller::for_stream(trigger, store)
+        .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
         .owns(deployments, children)
         .graceful_shutdown_on(async move { stop.cancelled().await })
         .run(reconcile, error_policy, ctx)
