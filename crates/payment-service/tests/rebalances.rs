@@ -8,7 +8,7 @@
 //! sends EndTxn for a transaction the coordinator never opened, gets INVALID_TXN_STATE, and
 //! the producer turns fatal. Orders fed flat out, a short transaction interval and many
 //! partitions (more markers per commit) keep the service in that window often, and a
-//! second group member joining and leaving 30 times gives the revocations.
+//! second group member joining and leaving 40 times gives the revocations.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -20,7 +20,7 @@ use shop_testkit::testbed;
 use support::*;
 
 /// How many times a second member joins the group and leaves it again.
-const CYCLES: usize = 30;
+const CYCLES: usize = 40;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebalances_in_a_row_while_transactions_are_open_keep_the_service_running() {
@@ -31,9 +31,9 @@ async fn rebalances_in_a_row_while_transactions_are_open_keep_the_service_runnin
         transaction_interval_ms: 25,
         ..pipeline.config(group.id())
     };
-    // Orders as fast as the broker takes them: every commit is followed at once by the
+    // Orders faster than one replica pays them: every commit is followed at once by the
     // next transaction's first records.
-    let feeder = Feeder::paced(pipeline.orders.name(), 2_000, Duration::ZERO);
+    let feeder = Feeder::paced(pipeline.orders.name(), 200, Duration::from_millis(5));
     let service = start(pipeline.kafka(), config, "churn-a");
     wait_for_payments(payments, 300).await;
 
@@ -54,6 +54,9 @@ async fn rebalances_in_a_row_while_transactions_are_open_keep_the_service_runnin
     let aborted = service
         .metric("shopstream_transactions_aborted_total")
         .unwrap_or_default();
+    let replaced = service
+        .metric("shopstream_producers_replaced_total")
+        .unwrap_or_default();
     service.stop().await;
     let payments: Vec<_> = read_all(payments)
         .await
@@ -61,7 +64,10 @@ async fn rebalances_in_a_row_while_transactions_are_open_keep_the_service_runnin
         .map(Record::payment)
         .collect();
     assert_exactly_one_payment_each(&payments, n);
-    eprintln!("{n} orders through {CYCLES} join/leave cycles; {aborted} transactions aborted");
+    eprintln!(
+        "{n} orders through {CYCLES} join/leave cycles; \
+         {aborted} transactions aborted, {replaced} producers replaced"
+    );
 }
 
 /// A plain member of `group` joins, waits for its share of `topic`, and leaves (closing
