@@ -35,7 +35,8 @@ pub(crate) struct Batch {
     /// At-least-once only: acknowledgements to wait for before committing offsets.
     pub deliveries: Vec<DeliveryFuture>,
     /// Set by the rebalance callback when it could not end the open transaction; the
-    /// loop then stops with this error and a new incarnation takes over.
+    /// loop then replaces the producer, which fences the old one and aborts the
+    /// transaction.
     pub broken: Option<String>,
     /// Set while shutting down, so the consumer's final revocation is not reported as a
     /// rebalance.

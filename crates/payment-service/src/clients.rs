@@ -99,7 +99,7 @@ pub(crate) fn consumer(
 ) -> Result<StreamConsumer<PaymentContext>> {
     let context = PaymentContext {
         batch: Arc::clone(batch),
-        producer: producer.clone(),
+        producer: Mutex::new(producer.clone()),
         delivery: config.delivery,
         health: health.clone(),
         metrics: Arc::clone(metrics),

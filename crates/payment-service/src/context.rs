@@ -12,6 +12,14 @@
 //! revoked at each rebalance), so after the abort no retained partition needs a rewind:
 //! the next assignment starts every partition from its committed offset.
 //!
+//! The abort can fail for good: right after a commit the coordinator may still be
+//! completing it and answer the new transaction's AddPartitionsToTxn with
+//! CONCURRENT_TRANSACTIONS; librdkafka counts that request as sent, so the abort sends
+//! EndTxn for a transaction the coordinator never opened, gets INVALID_TXN_STATE, and the
+//! producer turns fatal. The callback then leaves the batch marked `broken`, and the worker
+//! replaces the producer: `init_transactions` with the same transactional id fences the old
+//! one and aborts whatever it left open, so nothing of the batch is ever committed.
+//!
 //! At least once, the open batch is simply forgotten: its payments may already be
 //! written, and the new owner writes them again, which that mode allows.
 
@@ -93,8 +101,9 @@ fn log(client: &'static str, level: RDKafkaLogLevel, facility: &str, message: &s
 /// Context of the orders consumer.
 pub(crate) struct PaymentContext {
     pub batch: Arc<Mutex<Batch>>,
-    /// The transactional producer, to abort the open transaction on revocation.
-    pub producer: FutureProducer<ClientLog>,
+    /// The transactional producer in use, to abort the open transaction on revocation.
+    /// The worker puts a new one here when it replaces a producer that turned fatal.
+    pub producer: Mutex<FutureProducer<ClientLog>>,
     pub delivery: Delivery,
     pub health: Health,
     pub metrics: Arc<ServiceMetrics>,
@@ -150,6 +159,13 @@ impl PaymentContext {
         self.batch.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn current_producer(&self) -> FutureProducer<ClientLog> {
+        self.producer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     fn revoked(&self, partitions: &TopicPartitionList) {
         let mut batch = self.lock();
         if !batch.closing {
@@ -161,7 +177,7 @@ impl PaymentContext {
             return;
         }
         match self.delivery {
-            Delivery::ExactlyOnce => match abort(&self.producer) {
+            Delivery::ExactlyOnce => match abort(&self.current_producer()) {
                 Ok(false) => debug!("no transaction open at revocation; the worker ended it"),
                 Ok(true) => {
                     info!(
@@ -172,7 +188,8 @@ impl PaymentContext {
                     self.metrics.transactions_aborted.inc();
                 }
                 Err(error) => {
-                    error!(%error, "cannot abort the open transaction on revocation");
+                    warn!(%error, "cannot abort the open transaction on revocation; \
+                           the producer is replaced, which aborts it");
                     batch.broken = Some(error.to_string());
                 }
             },

@@ -80,10 +80,6 @@ pub enum Error {
     /// The consumer has no group metadata to send with the transaction's offsets.
     #[error("consumer of group {group} has no group metadata for the transaction")]
     NoGroupMetadata { group: String },
-
-    /// The transaction open during a rebalance could not be aborted.
-    #[error("aborting the open transaction when partitions were revoked: {0}")]
-    Revoke(String),
 }
 
 /// `Result` with this crate's [`Error`].

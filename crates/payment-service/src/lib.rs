@@ -186,6 +186,8 @@ async fn serve(
         "payment-service started"
     );
     let worker = Worker {
+        kafka,
+        instance,
         config,
         transactional_id,
         consumer,

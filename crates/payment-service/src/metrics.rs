@@ -28,6 +28,7 @@ pub(crate) struct ServiceMetrics {
     dead_lettered: Family<Label, Counter>,
     pub transactions_committed: Counter,
     pub transactions_aborted: Counter,
+    pub producers_replaced: Counter,
     failure_ratio_applied: Gauge<f64, AtomicU64>,
     generation_applied: Gauge,
     latency: Histogram,
@@ -94,6 +95,10 @@ impl ServiceMetrics {
             transactions_aborted: metrics.counter(
                 "transactions_aborted",
                 "Batches aborted and replayed (broker errors, rebalances)",
+            ),
+            producers_replaced: metrics.counter(
+                "producers_replaced",
+                "Transactional producers replaced after turning fatal (not fenced)",
             ),
             failure_ratio_applied: metrics.gauge_f64(
                 "payment_failure_ratio_applied",

@@ -12,7 +12,8 @@
 //! Errors follow librdkafka's transaction contract: retriable ones are retried with
 //! backoff, abortable ones abort the transaction and rewind the consumer to the batch's
 //! first offsets (so its orders are processed again), fatal ones end `run` with an error
-//! (a new incarnation fences this one and resumes from the committed offsets).
+//! (a new incarnation fences this one and resumes from the committed offsets). A producer
+//! that turns fatal while aborting is replaced instead (see `replace_producer`).
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime};
@@ -23,6 +24,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use shop_domain::ControlRecord;
+use shop_kafka::KafkaArgs;
 use shop_kafka::heartbeat::Heartbeats;
 use shop_runtime::Health;
 use tokio::sync::watch;
@@ -31,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::batch::Batch;
-use crate::clients::{Backoff, CALL_TIMEOUT, blocking, no_open_transaction};
+use crate::clients::{self, Backoff, CALL_TIMEOUT, blocking, no_open_transaction};
 use crate::config::{Config, Delivery};
 use crate::context::{ClientLog, PaymentContext};
 use crate::error::{Error, Result};
@@ -53,6 +55,9 @@ const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(10);
 
 /// Everything the loop works with.
 pub(crate) struct Worker {
+    /// The broker settings and instance name, to create a replacement producer.
+    pub kafka: KafkaArgs,
+    pub instance: String,
     pub config: Config,
     pub transactional_id: String,
     pub consumer: StreamConsumer<PaymentContext>,
@@ -122,8 +127,14 @@ impl Worker {
                     Err(error) => Event::ConsumeError(error),
                 },
             };
-            if let Some(reason) = self.lock().broken.take() {
-                return Err(Error::Revoke(reason));
+            let broken = self.lock().broken.take();
+            if let Some(reason) = broken {
+                // The callback forgot the batch; the new assignment starts from the
+                // committed offsets, so only the producer needs replacing.
+                warn!(%reason, "replacing the producer after a failed abort at revocation");
+                if !self.replace_producer(&shutdown).await? {
+                    break;
+                }
             }
             match event {
                 Event::Order(processed) => {
@@ -134,7 +145,9 @@ impl Worker {
                         break;
                     }
                 }
-                Event::Commit => self.finish(&shutdown).await?,
+                // A revocation may have ended the batch after its deadline was taken.
+                Event::Commit if self.lock().is_open() => self.finish(&shutdown).await?,
+                Event::Commit => {}
                 Event::Control => self.apply_control(&mut control),
                 // The follower stops only at shutdown; keep the settings in force.
                 Event::ControlClosed => control_open = false,
@@ -389,7 +402,15 @@ impl Worker {
                     break false;
                 }
                 Err(error) => match fate(&error) {
-                    Fate::Fatal => return Err(self.transaction_error("aborting", error)),
+                    // Nothing of the batch was committed: a new producer aborts it for good.
+                    Fate::Fatal => {
+                        warn!(%error, "aborting the transaction failed fatally; replacing the producer");
+                        if !self.replace_producer(shutdown).await? {
+                            self.lock().clear();
+                            return Ok(());
+                        }
+                        break false;
+                    }
                     _ if self.drain_expired(shutdown) => {
                         // Shutting down without a broker: the broker aborts the
                         // transaction when it times out, and nothing was committed.
@@ -409,6 +430,44 @@ impl Worker {
             self.metrics.transactions_aborted.inc();
         }
         self.rewind(shutdown)
+    }
+
+    /// Replaces a transactional producer that turned fatal with a new one under the same
+    /// transactional id: its `init_transactions` fences the old producer and aborts the
+    /// transaction it left open. A producer fenced by another incarnation is not replaced
+    /// (that incarnation owns the id); the loop stops instead. Returns `false` when
+    /// shutdown came first.
+    async fn replace_producer(&mut self, shutdown: &CancellationToken) -> Result<bool> {
+        if let Some((code, reason)) = self.producer.client().fatal_error()
+            && matches!(
+                code,
+                RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch
+            )
+        {
+            return Err(Error::ProducerFatal {
+                transactional_id: self.transactional_id.clone(),
+                code,
+                reason,
+            });
+        }
+        let producer = clients::producer(&self.kafka, &self.config, &self.instance)?;
+        let initialised =
+            crate::init_transactions(&producer, &self.transactional_id, shutdown, &self.health);
+        if !initialised.await? {
+            return Ok(false);
+        }
+        *self
+            .consumer
+            .context()
+            .producer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = producer.clone();
+        let old = std::mem::replace(&mut self.producer, producer);
+        // Dropping the last handle destroys the client, which waits for its threads.
+        blocking(move || drop(old));
+        self.metrics.producers_replaced.inc();
+        info!(transactional_id = %self.transactional_id, "producer replaced");
+        Ok(true)
     }
 
     /// Seeks every partition of the batch back to its first offset and forgets the batch.

@@ -32,12 +32,23 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub async fn new(prefix: &str) -> Self {
+        Self::with_partitions(prefix, 3).await
+    }
+
+    /// A pipeline whose orders and payments topics have `partitions` partitions.
+    pub async fn with_partitions(prefix: &str, partitions: i32) -> Self {
         shop_runtime::telemetry::init_for_tests();
         let bed = testbed();
         Self {
             name: unique_name(prefix),
-            orders: bed.topic(&format!("{prefix}-orders"), 3).await.unwrap(),
-            payments: bed.topic(&format!("{prefix}-payments"), 3).await.unwrap(),
+            orders: bed
+                .topic(&format!("{prefix}-orders"), partitions)
+                .await
+                .unwrap(),
+            payments: bed
+                .topic(&format!("{prefix}-payments"), partitions)
+                .await
+                .unwrap(),
             dlq: bed.topic(&format!("{prefix}-dlq"), 1).await.unwrap(),
             control: bed.topic(&format!("{prefix}-control"), 1).await.unwrap(),
             heartbeats: bed.topic(&format!("{prefix}-heartbeats"), 1).await.unwrap(),
@@ -131,6 +142,11 @@ impl Running {
             .expect("service task panicked")
             .expect("service ended with an error");
         eprintln!("service stopped in {:?}", started.elapsed());
+    }
+
+    /// Whether `run` has returned (with an error, unless it was stopped).
+    pub fn has_ended(&self) -> bool {
+        self.task.is_finished()
     }
 
     /// The value of a metric line (name with labels, as printed), if present.
@@ -340,7 +356,7 @@ pub fn assert_exactly_one_payment_each(payments: &[Payment], n: u64) {
     assert_eq!(counts.len() as u64, n, "payments for unknown orders");
 }
 
-/// Writes orders 1, 2, 3, … at about 1500 per second until stopped.
+/// Writes orders 1, 2, 3, … until stopped (`start`: about 1500 per second).
 pub struct Feeder {
     stop: CancellationToken,
     task: JoinHandle<u64>,
@@ -348,6 +364,12 @@ pub struct Feeder {
 
 impl Feeder {
     pub fn start(topic: &str) -> Self {
+        Self::paced(topic, 30, Duration::from_millis(20))
+    }
+
+    /// Writes `per_round` orders, waits for their acknowledgement, pauses `pause`, and so
+    /// on until stopped.
+    pub fn paced(topic: &str, per_round: u64, pause: Duration) -> Self {
         let (stop, topic) = (CancellationToken::new(), topic.to_owned());
         let task = tokio::spawn({
             let stop = stop.clone();
@@ -355,9 +377,9 @@ impl Feeder {
                 let producer = producer();
                 let mut last = 0;
                 while !stop.is_cancelled() {
-                    produce_orders(&producer, &topic, last + 1..=last + 30).await;
-                    last += 30;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    produce_orders(&producer, &topic, last + 1..=last + per_round).await;
+                    last += per_round;
+                    tokio::time::sleep(pause).await;
                 }
                 last
             }
