@@ -171,16 +171,17 @@ pub async fn run(
         return Ok(());
     };
     board.leading(&lease);
-    let result = run_as_leader(
+    let guard = leadership.guard();
+    let controller = run_as_leader(
         config,
         client,
         identity,
         health.clone(),
         metrics,
         board,
-        leadership.guard(),
-    )
-    .await;
+        guard.clone(),
+    );
+    let result = stopped_within(DRAIN_LIMIT, guard.token(), controller).await;
     let lost = leadership.lost(&shutdown);
     // Only now that the controller has stopped may a standby take over at once.
     leadership.release().await;
@@ -188,6 +189,30 @@ pub async fn run(
         return Err(Error::LostLeadership);
     }
     result
+}
+
+/// How long the controller may drain once leadership ends (shutdown or lost Lease). The
+/// Lease stays renewed meanwhile, so a controller that hangs in its stop would keep it
+/// from every standby; after this it is dropped, which aborts its reconciles.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `controller` to its end, or until `limit` after `stop` was cancelled.
+async fn stopped_within(
+    limit: std::time::Duration,
+    stop: CancellationToken,
+    controller: impl Future<Output = Result<(), Error>>,
+) -> Result<(), Error> {
+    let overdue = async {
+        stop.cancelled().await;
+        tokio::time::sleep(limit).await;
+    };
+    tokio::select! {
+        result = controller => result,
+        () = overdue => {
+            warn!(?limit, "controller did not stop in time; its reconciles are aborted");
+            Ok(())
+        }
+    }
 }
 
 /// Reconciles only while this replica still leads by its own clock: after a pause (e.g.
