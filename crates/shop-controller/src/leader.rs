@@ -21,7 +21,8 @@
 //!   the holder cleared so that a standby need not wait for the Lease to expire.
 //!
 //! What no Lease can give is fencing: a leader that is paused between its check and its
-//! write may still write late. [`LeaderGuard::holds`] keeps that window to one request.
+//! write may still write late. [`LeaderGuard::holds`] is checked before each reconcile
+//! starts, so after a pause only the reconciles that were already running can finish.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
