@@ -5,6 +5,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Action;
 use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client};
 use shop_domain::control::{CONTROL_TOPIC, HEARTBEAT_TOPIC, ID_BLOCK_TOPIC};
@@ -16,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::build::Defaults;
 use crate::crd::ShopPipeline;
-use crate::leader::Elector;
+use crate::leader::{Elector, LeaderGuard};
 use crate::live::Board;
 use crate::reconcile::{Context, ControllerMetrics, error_policy, reconcile};
 
@@ -123,13 +124,17 @@ async fn sweep_periodically(
     pipelines: Api<ShopPipeline>,
     scope: Option<String>,
     every: std::time::Duration,
-    shutdown: CancellationToken,
+    leader: LeaderGuard,
 ) {
+    let shutdown = leader.token();
     let mut period = tokio::time::interval(every);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = period.tick() => {}
+        }
+        if !leader.holds() {
+            return;
         }
         if let Err(error) = crate::sweep::sweep(&ctx, &pipelines, scope.as_deref()).await {
             warn!(%error, "topic sweep failed; retrying next period");
@@ -165,25 +170,66 @@ pub async fn run(
     health.set_ready(true, STANDBY);
     let lease = format!("{lease_namespace}/{}", config.lease_name);
     board.standby(&lease);
-    let Some(leading) = elector.lead(shutdown.clone()).await else {
+    let Some(leadership) = elector.lead(&shutdown).await else {
         return Ok(());
     };
     board.leading(&lease);
-    let result = run_as_leader(
+    let guard = leadership.guard();
+    let controller = run_as_leader(
         config,
         client,
         identity,
         health.clone(),
         metrics,
         board,
-        leading.clone(),
-    )
-    .await;
-    leading.cancel();
-    if !shutdown.is_cancelled() && result.is_ok() {
+        guard.clone(),
+    );
+    let result = stopped_within(DRAIN_LIMIT, guard.token(), controller).await;
+    let lost = leadership.lost(&shutdown);
+    // Only now that the controller has stopped may a standby take over at once.
+    leadership.release().await;
+    if lost && result.is_ok() {
         return Err(Error::LostLeadership);
     }
     result
+}
+
+/// How long the controller may drain once leadership ends (shutdown or lost Lease). The
+/// Lease stays renewed meanwhile, so a controller that hangs in its stop would keep it
+/// from every standby; after this it is dropped, which aborts its reconciles.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `controller` to its end, or until `limit` after `stop` was cancelled.
+async fn stopped_within(
+    limit: std::time::Duration,
+    stop: CancellationToken,
+    controller: impl Future<Output = Result<(), Error>>,
+) -> Result<(), Error> {
+    let overdue = async {
+        stop.cancelled().await;
+        tokio::time::sleep(limit).await;
+    };
+    tokio::select! {
+        result = controller => result,
+        () = overdue => {
+            warn!(?limit, "controller did not stop in time; its reconciles are aborted");
+            Ok(())
+        }
+    }
+}
+
+/// Reconciles only while this replica still leads by its own clock: after a pause (e.g.
+/// SIGSTOP) a queued reconcile may run before the renewal task notices that the Lease was
+/// lost, and must not write.
+async fn reconcile_while_leading(
+    object: Arc<PartialObjectMeta<ShopPipeline>>,
+    ctx: Arc<Context>,
+    leader: LeaderGuard,
+) -> Result<Action, crate::reconcile::Error> {
+    if !leader.holds() {
+        return Ok(Action::await_change());
+    }
+    reconcile(object, ctx).await
 }
 
 async fn run_as_leader(
@@ -193,8 +239,9 @@ async fn run_as_leader(
     health: Health,
     metrics: ControllerMetrics,
     board: Board,
-    shutdown: CancellationToken,
+    leader: LeaderGuard,
 ) -> Result<(), Error> {
+    let shutdown = leader.token();
     let kafka = config.kafka();
     // Kafka may be down when the controller starts: wait for it (shop-runtime's one
     // start-up retry) instead of exiting, not ready with the reason meanwhile.
@@ -240,7 +287,7 @@ async fn run_as_leader(
         pipelines.clone(),
         config.watch_namespace.clone(),
         sweep_every,
-        shutdown.clone(),
+        leader.clone(),
     ));
     // Reconcile on what can change the desired state: the spec (metadata.generation, so a
     // status write does not trigger a reconcile of its own) and the pipeline's
@@ -267,7 +314,11 @@ async fn run_as_leader(
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
         .owns(deployments, children)
         .graceful_shutdown_on(async move { stop.cancelled().await })
-        .run(reconcile, error_policy, ctx)
+        .run(
+            move |object, ctx| reconcile_while_leading(object, ctx, leader.clone()),
+            error_policy,
+            ctx,
+        )
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(pipeline = %object.name, "reconciled"),
