@@ -26,7 +26,8 @@ pub struct Config {
     )]
     pub group_id: String,
 
-    /// How many recent order ids are remembered to avoid printing a payment twice.
+    /// How many recent payments are remembered to avoid printing one twice (a replay, not
+    /// another payment for a reused order id).
     #[arg(long, env = "DEDUP_WINDOW", default_value_t = Config::DEFAULT_DEDUP_WINDOW)]
     pub dedup_window: usize,
 
@@ -35,10 +36,16 @@ pub struct Config {
     #[arg(long, env = "TOPIC_PARTITIONS", default_value_t = 3,
           value_parser = clap::value_parser!(i32).range(1..))]
     pub partitions: i32,
+
+    /// How each payment is printed on stdout: `text` (the ✅/❌ line people read) or
+    /// `json` (one object per line, for machines). Independent of `LOG_FORMAT`, which
+    /// formats the logs on stderr.
+    #[arg(long, env = "LINE_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub line_format: LogFormat,
 }
 
 impl Config {
-    /// Order ids remembered by default: more than any uncommitted tail a rebalance can
+    /// Payments remembered by default: more than any uncommitted tail a rebalance can
     /// replay, at a few MB of memory.
     pub const DEFAULT_DEDUP_WINDOW: usize = 100_000;
 }
@@ -52,6 +59,7 @@ impl Default for Config {
             group_id: "notification-service".into(),
             dedup_window: Config::DEFAULT_DEDUP_WINDOW,
             partitions: 3,
+            line_format: LogFormat::Text,
         }
     }
 }
@@ -83,6 +91,15 @@ mod tests {
     }
 
     #[test]
+    fn the_line_format_is_a_flag_of_its_own() {
+        let parsed = Cli::try_parse_from(["n", "--line-format", "json"])
+            .unwrap()
+            .config;
+        assert_eq!(parsed.line_format, LogFormat::Json);
+        assert!(Cli::try_parse_from(["n", "--line-format", "yaml"]).is_err());
+    }
+
+    #[test]
     fn defaults_are_the_seeds_topics_and_match_default() {
         // The environment of whoever runs the tests may set these; only check without them.
         let vars = [
@@ -91,6 +108,7 @@ mod tests {
             "NOTIFICATION_GROUP_ID",
             "DEDUP_WINDOW",
             "TOPIC_PARTITIONS",
+            "LINE_FORMAT",
         ];
         if vars.iter().any(|v| std::env::var_os(v).is_some()) {
             return;

@@ -34,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
     let (health, metrics) = (Health::new(), Metrics::new());
     let settings = Settings {
         instance: cli.common.instance(),
-        format: cli.common.log_format,
+        format: cli.config.line_format,
         kafka: cli.kafka,
         config: cli.config,
         metrics: metrics.clone(),

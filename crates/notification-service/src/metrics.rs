@@ -36,7 +36,7 @@ impl Counters {
             failed,
             duplicates: metrics.counter(
                 "duplicates_suppressed",
-                "Payments not printed because their order id was printed recently",
+                "Payments not printed because the same payment was printed recently",
             ),
             dead_lettered: metrics.counter(
                 "dead_lettered",

@@ -5,7 +5,7 @@
 //! (or, if it is malformed, its dead letter acknowledged) before its offset is stored, and
 //! stored offsets are committed by the client in the background and synchronously at
 //! shutdown. A crash therefore replays at most the last second of payments, and the
-//! window of recent order ids keeps a replay seen by the same process from printing twice.
+//! window of recent payments keeps a replay seen by the same process from printing twice.
 //! Broker outages are waited out with a capped backoff; the loop never gives up on them.
 
 use std::io::{ErrorKind, Write};
@@ -18,9 +18,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
+use shop_domain::notification::payment_identity;
 use shop_domain::{InvalidMessage, Payment, RecentIds};
 use shop_kafka::KafkaArgs;
-use shop_kafka::headers::{DeadLetter, dead_letter_headers};
 use shop_kafka::heartbeat::{Heartbeats, INTERVAL};
 use shop_kafka::topics::{TopicSpec, ensure_topics};
 use shop_runtime::retry::Backoff;
@@ -272,8 +272,9 @@ impl<W: Write> Printer<W> {
         message: &BorrowedMessage<'_>,
         shutdown: &CancellationToken,
     ) -> Result<Flow> {
-        let flow = match Payment::parse(message.payload().unwrap_or_default()) {
-            Ok(payment) => self.print(&payment)?,
+        let value = message.payload().unwrap_or_default();
+        let flow = match Payment::parse(value) {
+            Ok(payment) => self.print(&payment, payment_identity(value))?,
             Err(invalid) => self.dead_letter(message, &invalid, shutdown).await,
         };
         if let Flow::Stop = flow {
@@ -292,10 +293,11 @@ impl<W: Write> Printer<W> {
         Ok(Flow::Continue)
     }
 
-    /// Writes the payment's line unless its order id was printed recently.
-    fn print(&mut self, payment: &Payment) -> Result<Flow> {
+    /// Writes the payment's line unless the same payment (`identity`, see
+    /// [`payment_identity`]) was printed recently.
+    fn print(&mut self, payment: &Payment, identity: u64) -> Result<Flow> {
         let order_id = payment.order_id;
-        if !self.recent.insert(order_id) {
+        if !self.recent.insert(identity) {
             self.counters.duplicate();
             debug!(order_id, "payment already printed; not printing it again");
             return Ok(Flow::Continue);
@@ -331,23 +333,16 @@ impl<W: Write> Printer<W> {
         invalid: &InvalidMessage,
         shutdown: &CancellationToken,
     ) -> Flow {
-        let error = invalid.to_string();
-        let why = DeadLetter {
-            error: &error,
-            kind: invalid.kind(),
-            source_topic: message.topic(),
-            source_partition: message.partition(),
-            source_offset: message.offset(),
-        };
+        let letter = shop_kafka::dead_letter::letter(message, &invalid.to_string(), invalid.kind());
         let mut backoff = Backoff::default();
         loop {
             let mut record = FutureRecord::<[u8], [u8]>::to(&self.config.dlq_topic)
-                .headers(dead_letter_headers(message.headers(), &why));
-            if let Some(key) = message.key() {
+                .headers(letter.headers.clone());
+            if let Some(key) = &letter.key {
                 record = record.key(key);
             }
-            if let Some(payload) = message.payload() {
-                record = record.payload(payload);
+            if let Some(value) = &letter.value {
+                record = record.payload(value);
             }
             // Not raced against shutdown: a letter in flight is finished (bounded by the
             // message timeout) rather than abandoned.

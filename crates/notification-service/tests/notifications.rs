@@ -294,6 +294,36 @@ async fn duplicates_within_the_window_are_not_printed_twice() {
 }
 
 #[tokio::test]
+async fn another_payment_for_a_reused_order_id_is_printed() {
+    // A restarted seed-era producer counts order ids from 1000 again: the second payment
+    // for order 1000 is another payment (another user and amount), not a replay.
+    let pipeline = Pipeline::new(1).await;
+    pipeline
+        .send(
+            None,
+            br#"{"order_id": 1000, "user_id": 7, "amount": 12.5, "status": "payment_successful"}"#,
+        )
+        .await;
+    pipeline
+        .send(
+            None,
+            br#"{"order_id": 1000, "user_id": 42, "amount": 99.0, "status": "payment_failed"}"#,
+        )
+        .await;
+    pipeline
+        .send_payment(&payment(1001, Decision::Success))
+        .await;
+
+    let service = Running::start(pipeline.settings(LogFormat::Text));
+    service
+        .output
+        .wait_for("order 1001", |lines| count(lines, "Order 1001") == 1)
+        .await;
+    let lines = service.stop().await.lines();
+    assert_eq!(count(&lines, "Order 1000"), 2, "{lines:#?}");
+}
+
+#[tokio::test]
 async fn malformed_payments_go_to_the_dlq() {
     let pipeline = Pipeline::new(1).await;
     pipeline.send(Some("3001"), b"{\"order_id\": 3001,").await;
@@ -507,4 +537,155 @@ async fn an_unreachable_broker_is_waited_for_and_shutdown_still_works() {
     assert!(reason.contains("creating topics"), "{reason}");
     let output = service.stop().await;
     assert!(output.lines().is_empty());
+}
+
+/// One of five kinds of poison, by number.
+fn poison(i: usize) -> Vec<u8> {
+    match i % 50 {
+        0 => {
+            // Over the 64 KiB a payment may have, and valid JSON otherwise.
+            let mut big = br#"{"order_id": 1, "pad": ""#.to_vec();
+            big.extend(std::iter::repeat_n(b'x', 70_000));
+            big.extend_from_slice(br#""}"#);
+            big
+        }
+        n if n % 4 == 1 => b"{\"order_id\": 12, \"status\": ".to_vec(),
+        n if n % 4 == 2 => br#"{"order_id": "twelve", "status": 7, "amount": []}"#.to_vec(),
+        n if n % 4 == 3 => vec![0xff, 0xfe, b'{', 0x80, b'}'],
+        _ => Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_payment_and_a_flood_of_poison_go_to_the_dlq_and_every_payment_is_printed() {
+    const POISON: usize = 10_000;
+    const VALID: u64 = 1_000;
+    let pipeline = Pipeline::new(3).await;
+    let service = Running::start(pipeline.settings(LogFormat::Text));
+
+    // A payment of 1,040,000 bytes: over the producer's default limit of 1,000,000, so a
+    // dead letter that copied it whole could never be written.
+    let mut huge = payment(4_999_999, Decision::Success).to_json();
+    huge.truncate(huge.len() - 1);
+    huge.extend_from_slice(br#", "note": ""#);
+    huge.resize(1_040_000 - 2, b'x');
+    huge.extend_from_slice(br#""}"#);
+    assert_eq!(huge.len(), 1_040_000);
+    let big: FutureProducer = testbed()
+        .kafka_config()
+        .set("message.max.bytes", "1100000")
+        .create()
+        .unwrap();
+    big.send(
+        FutureRecord::<str, [u8]>::to(pipeline.payments.name())
+            .key("4999999")
+            .payload(&huge),
+        TIMEOUT,
+    )
+    .await
+    .map_err(|(e, _)| e)
+    .unwrap();
+
+    // Poison mixed into valid traffic: one valid payment after every ten poison records.
+    let producer = producer();
+    let mut sends = Vec::new();
+    let mut next_order = 5_000_000;
+    for i in 0..POISON {
+        let value = poison(i);
+        let key = format!("p{i}");
+        sends.push((key, value));
+        if i % 10 == 9 {
+            let valid = payment(next_order, Decision::Success);
+            sends.push((valid.key(), valid.to_json()));
+            next_order += 1;
+        }
+    }
+    assert_eq!(next_order, 5_000_000 + VALID);
+    for chunk in sends.chunks(500) {
+        let pending: Vec<_> = chunk
+            .iter()
+            .map(|(key, value)| {
+                producer.send(
+                    FutureRecord::<str, [u8]>::to(pipeline.payments.name())
+                        .key(key)
+                        .payload(value),
+                    TIMEOUT,
+                )
+            })
+            .collect();
+        for sent in futures::future::join_all(pending).await {
+            sent.map_err(|(e, _)| e).unwrap();
+        }
+    }
+
+    let lines = service
+        .output
+        .wait_for("every valid payment", |lines| {
+            count(lines, "Payment Successful for Order 5") >= VALID as usize
+        })
+        .await;
+    for order in 5_000_000..5_000_000 + VALID {
+        assert_eq!(
+            count(&lines, &format!("Order {order} ")),
+            1,
+            "order {order}"
+        );
+    }
+    let dead = (POISON + 1).to_string();
+    let metrics = service.metrics.clone();
+    let deadline = Instant::now() + TIMEOUT;
+    while !metrics
+        .encode()
+        .contains(&format!("shopstream_dead_lettered_total {dead}\n"))
+    {
+        assert!(Instant::now() < deadline, "{}", metrics.encode());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !service.task.is_finished(),
+        "the service kept running through the flood"
+    );
+
+    // Every poison record is in the DLQ with its reason; the huge one cut, with its size.
+    let reader_group = testbed().group("notify-flood-reader");
+    let reader: StreamConsumer = testbed()
+        .kafka_config()
+        .set("group.id", reader_group.id())
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader.subscribe(&[pipeline.dlq.name()]).unwrap();
+    let mut kinds = BTreeMap::<String, usize>::new();
+    let mut huge_letter = None;
+    for _ in 0..=POISON {
+        let message = tokio::time::timeout(TIMEOUT, reader.recv())
+            .await
+            .expect("dead letter within timeout")
+            .unwrap();
+        let header = |name: &str| {
+            message
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == name))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8(v.to_vec()).unwrap())
+        };
+        let kind = header("x-shopstream-error-kind").expect("a reason on every letter");
+        assert!(header("x-shopstream-error").is_some_and(|e| !e.is_empty()));
+        *kinds.entry(kind).or_default() += 1;
+        if message.key() == Some(b"4999999") {
+            huge_letter = Some((
+                message.payload().map_or(0, <[u8]>::len),
+                header("x-shopstream-original-size"),
+            ));
+        }
+    }
+    assert_eq!(kinds.values().sum::<usize>(), POISON + 1, "{kinds:?}");
+    assert_eq!(
+        huge_letter,
+        Some((
+            shop_kafka::dead_letter::MAX_VALUE_BYTES,
+            Some("1040000".to_owned())
+        ))
+    );
+    service.stop().await;
 }

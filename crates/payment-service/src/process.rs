@@ -10,22 +10,14 @@
 use std::time::{Duration, SystemTime};
 
 use rdkafka::Message;
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{Headers, OwnedHeaders};
 use shop_domain::{InvalidMessage, Order, Payment, TraceParent, decide};
-use shop_kafka::headers::{DeadLetter, dead_letter_headers, event_headers, traceparent};
+use shop_kafka::headers::{event_headers, traceparent};
 
-/// The largest value copied into a dead letter. Orders over
-/// `shop_domain::events::MAX_MESSAGE_BYTES` are invalid anyway, but the dead-letter topic
-/// must accept the copy, or the transaction holding it could never commit; the broker's
-/// and librdkafka's default limits are about 1 MB per record.
-pub const DLQ_MAX_VALUE_BYTES: usize = 900_000;
-
-/// Original headers larger than this are not copied into a dead letter, for the same
-/// reason.
-pub const DLQ_MAX_ORIGINAL_HEADER_BYTES: usize = 64 * 1024;
-
-/// On a dead letter whose value was cut to [`DLQ_MAX_VALUE_BYTES`]: the original size.
-pub const ORIGINAL_SIZE_HEADER: &str = "x-shopstream-original-size";
+/// The largest value copied into a dead letter (see [`shop_kafka::dead_letter`]): the
+/// dead-letter topic must accept the copy, or the transaction holding it could never
+/// commit.
+pub use shop_kafka::dead_letter::{MAX_VALUE_BYTES as DLQ_MAX_VALUE_BYTES, ORIGINAL_SIZE_HEADER};
 
 /// The decision's settings in force: from the flags, or from the latest control record.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -144,41 +136,13 @@ fn nonzero_u64() -> u64 {
 /// The dead letter of an invalid message: its key and value (cut to a size the
 /// dead-letter topic accepts), its headers, and the error.
 fn dead_letter(message: &impl Message, error: &InvalidMessage) -> Outgoing {
-    let text = error.to_string();
-    let why = DeadLetter {
-        error: &text,
-        kind: error.kind(),
-        source_topic: message.topic(),
-        source_partition: message.partition(),
-        source_offset: message.offset(),
-    };
-    let original = message
-        .headers()
-        .filter(|headers| header_bytes(*headers) <= DLQ_MAX_ORIGINAL_HEADER_BYTES);
-    let mut headers = dead_letter_headers(original, &why);
-    let payload = message.payload().unwrap_or_default();
-    let value = if payload.len() > DLQ_MAX_VALUE_BYTES {
-        headers = headers.insert(Header {
-            key: ORIGINAL_SIZE_HEADER,
-            value: Some(&payload.len().to_string()),
-        });
-        payload[..DLQ_MAX_VALUE_BYTES].to_vec()
-    } else {
-        payload.to_vec()
-    };
+    let letter = shop_kafka::dead_letter::letter(message, &error.to_string(), error.kind());
     Outgoing {
         destination: Destination::DeadLetters,
-        key: message.key().map(<[u8]>::to_vec),
-        value,
-        headers,
+        key: letter.key,
+        value: letter.value.unwrap_or_default(),
+        headers: letter.headers,
     }
-}
-
-fn header_bytes(headers: &impl Headers) -> usize {
-    headers
-        .iter()
-        .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
-        .sum()
 }
 
 #[cfg(test)]

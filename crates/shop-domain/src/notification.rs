@@ -39,6 +39,18 @@ pub fn format_line(payment: &Payment, latency: Option<Duration>) -> String {
     line
 }
 
+/// What identifies a payment record for de-duplication: a digest of its bytes. A replay
+/// (the same record read again after a rebalance or restart) or a producer's duplicate has
+/// the same bytes; a different payment that reuses an order id (a restarted seed-era
+/// producer counts from 1000 again) differs in its user, amount, status or times, and is
+/// printed.
+pub fn payment_identity(value: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// Whole milliseconds, with one decimal below 10 ms where the fraction still matters.
 fn format_latency(latency: Duration) -> String {
     let millis = latency.as_secs_f64() * 1000.0;
@@ -49,7 +61,8 @@ fn format_latency(latency: Duration) -> String {
     }
 }
 
-/// Remembers the last `capacity` distinct order ids, to skip repeats in O(1).
+/// Remembers the last `capacity` distinct ids (of payments: [`payment_identity`]), to
+/// skip repeats in O(1).
 ///
 /// A window rather than a full set keeps memory bounded on an endless stream; replays
 /// after a rebalance cover at most the uncommitted tail, which a window of a few
@@ -71,16 +84,16 @@ impl RecentIds {
         }
     }
 
-    /// Records `order_id`; `false` when it is already among the remembered ids.
+    /// Records `id`; `false` when it is already among the remembered ids.
     /// A repeat does not refresh an id's place: the window is first in, first out.
-    pub fn insert(&mut self, order_id: u64) -> bool {
+    pub fn insert(&mut self, id: u64) -> bool {
         if self.capacity == 0 {
             return true;
         }
-        if !self.seen.insert(order_id) {
+        if !self.seen.insert(id) {
             return false;
         }
-        self.order.push_back(order_id);
+        self.order.push_back(id);
         if self.order.len() > self.capacity
             && let Some(oldest) = self.order.pop_front()
         {

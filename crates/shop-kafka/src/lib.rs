@@ -25,6 +25,7 @@ pub mod args;
 pub mod compacted;
 pub mod context;
 pub mod control;
+pub mod dead_letter;
 pub mod error;
 pub mod headers;
 pub mod heartbeat;
