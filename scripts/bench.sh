@@ -4,16 +4,20 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-export SHOPSTREAM_TESTBED_COMPONENTS=kafka
-started_kafka=false
-if ! testbed/kafka.sh status >/dev/null 2>&1; then
+export SHOPSTREAM_TESTBED_COMPONENTS="kafka kube"
+started_bed=false
+if ! testbed/kafka.sh status >/dev/null 2>&1 || ! testbed/kube.sh status >/dev/null 2>&1; then
   testbed/bed.sh install
   testbed/bed.sh up
-  started_kafka=true
+  started_bed=true
 fi
-trap '$started_kafka && testbed/bed.sh down' EXIT
+trap '$started_bed && testbed/bed.sh down' EXIT
+# shellcheck source=/dev/null
+source target/testbed/env
 
-cargo build --release --quiet -p shop-bench
+# The benchmarks, and the binaries the controller benchmark starts as processes.
+cargo build --release --quiet -p shop-bench -p shop-controller -p order-service \
+  -p payment-service -p notification-service
 target=${CARGO_TARGET_DIR:-$PWD/target}
 report=$(mktemp)
 {
@@ -23,6 +27,9 @@ report=$(mktemp)
   echo "compares against a baseline measured in the same run on the same broker."
   echo
   "$target/release/shop-bench" --bootstrap-servers "127.0.0.1:${SHOPSTREAM_KAFKA_PORT:-19092}"
+  echo
+  "$target/release/controller-scale" --bootstrap-servers "127.0.0.1:${SHOPSTREAM_KAFKA_PORT:-19092}" \
+    --binaries "$target/release" --logs target/bench-logs
   echo
   # Memory on kind: with the test bed's node image (and docker shim) when it has them.
   if testbed/kind.sh status >/dev/null 2>&1; then

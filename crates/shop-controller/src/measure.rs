@@ -136,7 +136,7 @@ pub async fn sample_periodically(
             let key = shop_domain::control::pipeline_key(&namespace, &name);
             keys.insert(key.clone());
             let topic = TopicNames::of(&namespace, &name).orders;
-            let written = match crate::observe::written(&ctx.producer, &topic).await {
+            let written = match crate::observe::written(&ctx.observer, &topic).await {
                 Ok(Some(written)) => written,
                 Ok(None) => continue,
                 Err(error) => {

@@ -2,10 +2,11 @@
 //! replicas' heartbeats. Reads only; every call is bounded by a timeout.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, Producer};
+
 use rdkafka::{Offset, TopicPartitionList};
 use shop_domain::Heartbeat;
 use shop_domain::control::parse_heartbeat_key;
@@ -90,12 +91,33 @@ fn progress_blocking(
     Ok(Some((written, lag)))
 }
 
+/// The controller's long-lived client for metadata and watermarks. A consumer, not the
+/// producer: asking a producer for a missing topic's metadata lets the broker create it
+/// (librdkafka's `allow.auto.create.topics` is true for producers), and a topic being
+/// swept must stay gone.
+pub type Observer = Arc<BaseConsumer>;
+
+/// Makes the [`Observer`].
+pub fn observer(kafka: &KafkaArgs) -> shop_kafka::Result<Observer> {
+    let consumer: BaseConsumer = kafka
+        .client_config("shop-controller-observer")
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .map_err(|source| shop_kafka::Error::Client {
+            bootstrap: kafka.bootstrap_servers.clone(),
+            source,
+        })?;
+    Ok(Arc::new(consumer))
+}
+
 /// Records ever written to `topic` (the sum of its partitions' high watermarks), asked
-/// through the controller's long-lived producer; `None` when the topic does not exist.
-pub async fn written(producer: &FutureProducer, topic: &str) -> shop_kafka::Result<Option<i64>> {
-    let (producer, topic) = (producer.clone(), topic.to_owned());
+/// through the observer; `None` when the topic does not exist.
+pub async fn written(observer: &Observer, topic: &str) -> shop_kafka::Result<Option<i64>> {
+    let (observer, topic) = (Arc::clone(observer), topic.to_owned());
     tokio::task::spawn_blocking(move || {
-        let client = producer.client();
+        // Serve the client's queued events (errors), which nothing else reads.
+        let _ = observer.poll(Duration::ZERO);
+        let client = observer.client();
         let metadata = client
             .fetch_metadata(Some(&topic), TIMEOUT)
             .map_err(|source| shop_kafka::Error::Metadata {
@@ -120,6 +142,34 @@ pub async fn written(producer: &FutureProducer, topic: &str) -> shop_kafka::Resu
             written += high;
         }
         Ok(Some(written))
+    })
+    .await
+    .map_err(|e| shop_kafka::Error::Task(e.to_string()))?
+}
+
+/// The partition count of each of `topics` that exists, asked through the observer.
+pub async fn partition_counts(
+    observer: &Observer,
+    topics: &[String],
+) -> shop_kafka::Result<BTreeMap<String, i32>> {
+    let (observer, topics) = (Arc::clone(observer), topics.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let mut counts = BTreeMap::new();
+        for topic in &topics {
+            let metadata = observer
+                .fetch_metadata(Some(topic), TIMEOUT)
+                .map_err(|source| shop_kafka::Error::Metadata {
+                    topic: topic.clone(),
+                    source,
+                })?;
+            for found in metadata.topics() {
+                if found.name() == topic && found.error().is_none() {
+                    let partitions = i32::try_from(found.partitions().len()).unwrap_or(i32::MAX);
+                    counts.insert(topic.clone(), partitions);
+                }
+            }
+        }
+        Ok(counts)
     })
     .await
     .map_err(|e| shop_kafka::Error::Task(e.to_string()))?

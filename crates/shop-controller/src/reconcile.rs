@@ -21,6 +21,7 @@ use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use shop_domain::ControlRecord;
@@ -43,9 +44,17 @@ use crate::status::{Observations, status};
 /// The one field manager of everything this controller writes.
 pub const MANAGER: &str = "shop-controller";
 
-/// How often a settled pipeline is looked at again (measured values, lags). Changes of the
-/// spec and of the pipeline's Deployments trigger a reconcile at once.
-pub const REFRESH: Duration = Duration::from_secs(30);
+/// How often a settled pipeline is looked at again (measured values, lags): fewer than two
+/// reconciles a minute per idle pipeline. Changes of the spec and of the pipeline's
+/// Deployments, and a replica reporting a new control generation applied, trigger a
+/// reconcile at once.
+pub const REFRESH: Duration = Duration::from_secs(45);
+
+/// How long lags read from Kafka are reused.
+pub const LAGS_FRESH: Duration = Duration::from_secs(10);
+
+/// Payment lag and notification lag, when read.
+type LagReading = (Instant, (Option<i64>, Option<i64>));
 
 /// How often a pipeline is looked at while its replicas have not yet applied a control
 /// record published less than [`CONVERGING_FOR`] ago, so `Applied` follows within a second.
@@ -86,6 +95,8 @@ pub struct Context {
     /// The controller's own view of Kafka (its address may differ from the Pods').
     pub kafka: KafkaArgs,
     pub producer: FutureProducer,
+    /// Metadata and watermarks ([`observe::Observer`]).
+    pub observer: observe::Observer,
     /// The latest control record per pipeline key, as in the compacted control topic.
     pub published: Mutex<HashMap<String, ControlRecord>>,
     /// The heartbeats of every replica of every pipeline, followed in the background.
@@ -94,6 +105,11 @@ pub struct Context {
     pub rates: Rates,
     /// When each pipeline's control record was last published.
     published_at: Mutex<HashMap<String, Instant>>,
+    /// The control generation each pipeline's replicas have yet to report applied; a
+    /// heartbeat reporting it triggers a reconcile at once ([`Context::applied_trigger`]).
+    awaiting: Mutex<HashMap<String, u64>>,
+    /// The lags last read of each pipeline, and when.
+    lags: Mutex<HashMap<String, LagReading>>,
     /// Consecutive failed reconciles of each pipeline, for the error backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// What the live view shows ([`crate::live`]).
@@ -184,6 +200,7 @@ impl Context {
             shutdown,
         )
         .await?;
+        let observer = observe::observer(&kafka)?;
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: Some(identity.into()),
@@ -197,11 +214,33 @@ impl Context {
             producer,
             published: Mutex::new(published),
             heartbeats,
+            observer,
             rates: Rates::default(),
             published_at: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            awaiting: Mutex::new(HashMap::new()),
+            lags: Mutex::new(HashMap::new()),
             board,
         })
+    }
+}
+
+impl Context {
+    /// The pipeline to reconcile now because the heartbeat under `heartbeat_key` reports
+    /// the control generation its pipeline awaits (so `Applied` follows within moments of
+    /// the replicas applying a change, not at the next refresh).
+    pub fn applied_trigger(
+        &self,
+        heartbeat_key: &str,
+    ) -> Option<ObjectRef<PartialObjectMeta<ShopPipeline>>> {
+        let (pipeline, _, _) = shop_domain::control::parse_heartbeat_key(heartbeat_key)?;
+        let awaited = *lock(&self.awaiting).get(pipeline)?;
+        let heartbeat = shop_domain::Heartbeat::parse(&self.heartbeats.get(heartbeat_key)?).ok()?;
+        if heartbeat.applied_generation? < awaited {
+            return None;
+        }
+        let (namespace, name) = pipeline.split_once('/')?;
+        Some(ObjectRef::new(name).within(namespace))
     }
 }
 
@@ -299,10 +338,14 @@ async fn reconcile_steps(pipeline: &ShopPipeline, ctx: &Context) -> Result<Actio
         &observations,
         &next,
     );
-    let converging = next
+    let applied_all = next
         .conditions
         .iter()
-        .any(|c| c.type_ == "Applied" && c.status != "True")
+        .any(|c| c.type_ == "Applied" && c.status == "True");
+    if applied_all {
+        lock(&ctx.awaiting).remove(&desired.pipeline_key);
+    }
+    let converging = !applied_all
         && lock(&ctx.published_at)
             .get(&desired.pipeline_key)
             .is_some_and(|at| at.elapsed() < CONVERGING_FOR);
@@ -324,8 +367,23 @@ async fn apply(pipeline: &ShopPipeline, desired: &Desired, ctx: &Context) -> Res
             .with(retention.0, retention.1.clone()),
         TopicSpec::events(&desired.topics.dlq, 1).with(retention.0, retention.1),
     ];
-    ensure_topics(&ctx.kafka, &topics).await?;
-    let grown = grow_partitions(&ctx.kafka, &topics[..2]).await?;
+    // One metadata request on the long-lived producer tells whether there is anything to
+    // do; only then is an admin client made.
+    let sized = observe::partition_counts(
+        &ctx.observer,
+        &topics.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap_or_default();
+    let settled = topics
+        .iter()
+        .all(|t| sized.get(&t.name).is_some_and(|&n| n >= t.partitions));
+    let grown = if settled {
+        Vec::new()
+    } else {
+        ensure_topics(&ctx.kafka, &topics).await?;
+        grow_partitions(&ctx.kafka, &topics[..2]).await?
+    };
     if !grown.is_empty() {
         let note = format!(
             "{} now have {} partitions",
@@ -409,6 +467,7 @@ async fn publish_control(
     );
     lock(&ctx.published).insert(desired.pipeline_key.clone(), record);
     lock(&ctx.published_at).insert(desired.pipeline_key.clone(), Instant::now());
+    lock(&ctx.awaiting).insert(desired.pipeline_key.clone(), generation);
     let object = pipeline.object_ref(&());
     event(ctx, &object, EventType::Normal, "ControlPublished", note).await;
     Ok(())
@@ -452,20 +511,37 @@ async fn observe(pipeline: &ShopPipeline, desired: &Desired, ctx: &Context) -> O
 
 /// The rates over the sampler's window and the lags now. `None` when the orders topic
 /// cannot be read.
+///
+/// Lags need a consumer of each group, which takes a few hundred milliseconds to make:
+/// they are read at most every [`LAGS_FRESH`] per pipeline, and the last ones reused in
+/// between (a reconcile triggered by a heartbeat is then quick).
 async fn measure(desired: &Desired, ctx: &Context) -> Option<Measured> {
-    let topics = &desired.topics;
-    let orders = observe::progress(&ctx.kafka, &topics.orders, &topics.payment_group).await;
-    let payments =
-        observe::progress(&ctx.kafka, &topics.payments, &topics.notification_group).await;
-    let (Ok(Some((_, payment_lag))), Ok(payments)) = (orders, payments) else {
-        return None;
+    let key = &desired.pipeline_key;
+    let fresh = lock(&ctx.lags)
+        .get(key)
+        .filter(|(at, _)| at.elapsed() < LAGS_FRESH)
+        .map(|(_, lags)| *lags);
+    let (payment_lag, notification_lag) = match fresh {
+        Some(lags) => lags,
+        None => {
+            let topics = &desired.topics;
+            let orders = observe::progress(&ctx.kafka, &topics.orders, &topics.payment_group).await;
+            let payments =
+                observe::progress(&ctx.kafka, &topics.payments, &topics.notification_group).await;
+            let (Ok(Some((_, payment_lag))), Ok(payments)) = (orders, payments) else {
+                return None;
+            };
+            let lags = (Some(payment_lag), payments.map(|(_, lag)| lag));
+            lock(&ctx.lags).insert(key.clone(), (Instant::now(), lags));
+            lags
+        }
     };
-    let (orders_per_second, failure_ratio) = ctx.rates.measured(&desired.pipeline_key);
+    let (orders_per_second, failure_ratio) = ctx.rates.measured(key);
     Some(Measured {
         orders_per_second,
         failure_ratio,
-        payment_lag: Some(payment_lag),
-        notification_lag: payments.map(|(_, lag)| lag),
+        payment_lag,
+        notification_lag,
     })
 }
 

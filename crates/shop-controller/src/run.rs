@@ -6,6 +6,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client};
 use shop_domain::control::{CONTROL_TOPIC, HEARTBEAT_TOPIC, ID_BLOCK_TOPIC};
@@ -140,6 +141,28 @@ async fn sweep_periodically(
             warn!(%error, "topic sweep failed; retrying next period");
         }
     }
+}
+
+/// Pipelines to reconcile because a replica just reported the control generation they
+/// await (see [`Context::applied_trigger`]). Ends when the heartbeat follower does.
+fn applied_triggers(
+    ctx: Arc<Context>,
+) -> impl futures::Stream<Item = ObjectRef<PartialObjectMeta<ShopPipeline>>> + Send + 'static {
+    let changes = ctx.heartbeats.changes();
+    futures::stream::unfold((ctx, changes), |(ctx, mut changes)| async move {
+        loop {
+            match changes.recv().await {
+                Ok(key) => {
+                    if let Some(pipeline) = ctx.applied_trigger(&key) {
+                        return Some((pipeline, (ctx, changes)));
+                    }
+                }
+                // Missed keys are caught by the periodic refresh.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
 }
 
 /// Runs the controller until `shutdown`: waits to lead, then reconciles and sweeps while
@@ -313,6 +336,7 @@ async fn run_as_leader(
     Controller::for_stream(trigger, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
         .owns(deployments, children)
+        .reconcile_on(applied_triggers(Arc::clone(&ctx)))
         .graceful_shutdown_on(async move { stop.cancelled().await })
         .run(
             move |object, ctx| reconcile_while_leading(object, ctx, leader.clone()),

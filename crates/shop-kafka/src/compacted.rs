@@ -13,9 +13,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer}
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::QuietEof;
+
+/// How many changed keys a [`FollowedTable`] keeps for receivers that are behind.
+const CHANGES: usize = 1024;
 use crate::{Error, KafkaArgs, Result};
 
 /// The latest value per key of `topic`, read to its current end. A topic that does not
@@ -138,6 +142,8 @@ pub(crate) fn partitions_of<X: ConsumerContext, C: Consumer<X>>(
 #[derive(Debug, Clone)]
 pub struct FollowedTable {
     table: Arc<RwLock<BTreeMap<String, Vec<u8>>>>,
+    /// The key of every record that arrives, for readers that react to changes.
+    changes: broadcast::Sender<String>,
 }
 
 impl FollowedTable {
@@ -182,6 +188,7 @@ impl FollowedTable {
             })?;
         let followed = Self {
             table: Arc::new(RwLock::new(BTreeMap::new())),
+            changes: broadcast::channel(CHANGES).0,
         };
         let (caught_up_tx, caught_up_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(followed.clone().run(
@@ -195,6 +202,18 @@ impl FollowedTable {
             tracing::warn!(%topic, "topic not read to its end yet; following it from what is known so far");
         }
         Ok(followed)
+    }
+
+    /// The keys of the records that arrive from now on. A receiver that falls more than a
+    /// thousand keys behind misses the oldest (`RecvError::Lagged`); the table itself is
+    /// always complete.
+    pub fn changes(&self) -> broadcast::Receiver<String> {
+        self.changes.subscribe()
+    }
+
+    /// The latest value of `key`.
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.read().get(key).cloned()
     }
 
     /// The entries whose key starts with `prefix`, in key order.
@@ -230,11 +249,15 @@ impl FollowedTable {
                     let Some(key) = message.key().and_then(|k| std::str::from_utf8(k).ok()) else {
                         continue;
                     };
-                    let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
-                    match message.payload() {
-                        Some(value) => table.insert(key.to_owned(), value.to_vec()),
-                        None => table.remove(key),
-                    };
+                    {
+                        let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
+                        match message.payload() {
+                            Some(value) => table.insert(key.to_owned(), value.to_vec()),
+                            None => table.remove(key),
+                        };
+                    }
+                    // Nobody listening is fine.
+                    let _ = self.changes.send(key.to_owned());
                 }
                 Err(KafkaError::PartitionEOF(partition)) => {
                     pending_eof.remove(&partition);
