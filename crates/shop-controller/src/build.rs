@@ -5,6 +5,7 @@
 //! are *not* there (they travel in the control record), so tuning a pipeline never
 //! restarts a Pod. Only image, replicas, Kafka address and topic names change templates.
 
+use shop_kafka::topics::TopicSpec;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
@@ -102,8 +103,15 @@ pub struct Desired {
     pub pipeline_key: String,
     pub topics: TopicNames,
     pub partitions: i32,
+    /// The orders, payments and dead-letter topics, as they are created (and grown).
+    pub topic_specs: Vec<TopicSpec>,
     pub deployments: Vec<Deployment>,
+    /// The control record, numbered (its generation) when it is published.
+    pub control: ControlRecord,
 }
+
+/// How long the pipeline's event topics keep records.
+pub const RETENTION_MS: u64 = 24 * 3600 * 1000;
 
 /// Errors of the build step: the resource lacks what every stored object has.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -149,11 +157,20 @@ pub fn desired(pipeline: &ShopPipeline, defaults: &Defaults) -> Result<Desired, 
             )
         })
         .collect();
+    let partitions = pipeline.spec.partitions();
+    let retention = RETENTION_MS.to_string();
+    let topic_specs = vec![
+        TopicSpec::events(&topics.orders, partitions).with("retention.ms", retention.clone()),
+        TopicSpec::events(&topics.payments, partitions).with("retention.ms", retention.clone()),
+        TopicSpec::events(&topics.dlq, 1).with("retention.ms", retention),
+    ];
     Ok(Desired {
         pipeline_key,
         topics,
-        partitions: pipeline.spec.partitions(),
+        partitions,
+        topic_specs,
         deployments,
+        control: control_record(pipeline, 0),
     })
 }
 

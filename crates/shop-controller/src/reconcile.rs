@@ -27,7 +27,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use shop_domain::ControlRecord;
 use shop_kafka::KafkaArgs;
 use shop_kafka::compacted::FollowedTable;
-use shop_kafka::topics::{TopicSpec, ensure_topics, grow_partitions};
+use shop_kafka::topics::{ensure_topics, grow_partitions};
 use shop_runtime::CancellationToken;
 use shop_runtime::Metrics;
 use shop_runtime::Timer;
@@ -359,14 +359,7 @@ async fn reconcile_steps(pipeline: &ShopPipeline, ctx: &Context) -> Result<Actio
 /// Topics first (created, or grown to the spec's partitions), so the services never
 /// create them with their own defaults; then the Deployments; then the control record.
 async fn apply(pipeline: &ShopPipeline, desired: &Desired, ctx: &Context) -> Result<(), Error> {
-    let retention = ("retention.ms", (24 * 3600 * 1000).to_string());
-    let topics = [
-        TopicSpec::events(&desired.topics.orders, desired.partitions)
-            .with(retention.0, retention.1.clone()),
-        TopicSpec::events(&desired.topics.payments, desired.partitions)
-            .with(retention.0, retention.1.clone()),
-        TopicSpec::events(&desired.topics.dlq, 1).with(retention.0, retention.1),
-    ];
+    let topics = &desired.topic_specs;
     // One metadata request on the long-lived producer tells whether there is anything to
     // do; only then is an admin client made.
     let sized = observe::partition_counts(
@@ -381,8 +374,8 @@ async fn apply(pipeline: &ShopPipeline, desired: &Desired, ctx: &Context) -> Res
     let grown = if settled {
         Vec::new()
     } else {
-        ensure_topics(&ctx.kafka, &topics).await?;
-        grow_partitions(&ctx.kafka, &topics[..2]).await?
+        ensure_topics(&ctx.kafka, topics).await?;
+        grow_partitions(&ctx.kafka, topics).await?
     };
     if !grown.is_empty() {
         let note = format!(
@@ -424,7 +417,7 @@ async fn publish_control(
     ctx: &Context,
 ) -> Result<(), Error> {
     let current = lock(&ctx.published).get(&desired.pipeline_key).cloned();
-    let wanted = crate::build::control_record(pipeline, 0);
+    let wanted = desired.control.clone();
     if current
         .as_ref()
         .is_some_and(|r| crate::build::same_tuning(r, &wanted))
