@@ -8,6 +8,9 @@
 #
 # Usage: kafka.sh install|up|down|status
 # Ports: SHOPSTREAM_KAFKA_PORT (default 19092), SHOPSTREAM_KAFKA_CONTROLLER_PORT (19093).
+# SHOPSTREAM_KAFKA_EXTRA_PROPERTIES: lines added to server.properties (a test that needs a
+# broker of its own, e.g. one that refuses to delete topics, starts a second one with its
+# own ports and SHOPSTREAM_TESTBED_STATE).
 set -euo pipefail
 # shellcheck source=testbed/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -75,6 +78,9 @@ transaction.state.log.num.partitions=10
 min.insync.replicas=1
 group.initial.rebalance.delay.ms=0
 PROPS
+  if [[ -n ${SHOPSTREAM_KAFKA_EXTRA_PROPERTIES:-} ]]; then
+    printf '%s\n' "$SHOPSTREAM_KAFKA_EXTRA_PROPERTIES" >>"$DIR/server.properties"
+  fi
 }
 
 up() {

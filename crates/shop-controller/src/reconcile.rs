@@ -65,6 +65,8 @@ pub const CONVERGING_FOR: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct ControllerMetrics {
     reconciles: Counter,
+    /// Topics of deleted pipelines that a sweep could not delete.
+    pub sweep_failures: Counter,
     failures: Family<Vec<(String, String)>, Counter>,
     duration: Histogram,
 }
@@ -73,6 +75,10 @@ impl ControllerMetrics {
     pub fn register(metrics: &Metrics) -> Self {
         Self {
             reconciles: metrics.counter("controller_reconciles", "Reconciles of ShopPipelines"),
+            sweep_failures: metrics.counter(
+                "controller_sweep_failures",
+                "Topics of deleted pipelines that a sweep could not delete (retried next sweep)",
+            ),
             failures: metrics.counter_family(
                 "controller_reconcile_failures",
                 "Failed reconciles by reason",

@@ -113,6 +113,7 @@ pub async fn sweep(
             }
             Err((topic, code)) => {
                 warn!(%topic, %code, "topic of a deleted pipeline not deleted; retrying next sweep");
+                ctx.metrics.sweep_failures.inc();
                 failed.insert(topic);
             }
         }

@@ -10,7 +10,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kube::Api;
 use kube::api::PostParams;
@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use shop_controller::crd::{ShopPipeline, ShopPipelineSpec};
 use shop_testkit::browser::Browser;
 use shop_testkit::{free_port, testbed};
-use support::{ControllerProcess, install_crd, start_services, three_deployments};
+use support::{ControllerProcess, install_crd, start_services, three_deployments, within};
 
 /// The text of the pipeline card's field `field`, or `None` while the page does not show
 /// the pipeline.
@@ -33,18 +33,6 @@ async fn field(browser: &Browser, pipeline: &str, field: &str) -> Option<String>
     {
         Value::String(text) => Some(text),
         _ => None,
-    }
-}
-
-/// Polls `check` until it returns `Some`, for at most `limit`.
-async fn within<T>(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

@@ -28,6 +28,7 @@ pub struct Controller {
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     pub health: Health,
+    pub metrics: Metrics,
 }
 
 impl Controller {
@@ -55,16 +56,34 @@ impl Controller {
         control: &TestTopic,
         heartbeats: &TestTopic,
     ) -> Self {
+        Self::start_on(
+            identity,
+            client,
+            testbed().kafka_bootstrap(),
+            namespace,
+            control.name(),
+            heartbeats.name(),
+        )
+    }
+
+    /// A controller replica on the broker at `bootstrap` (the test bed's or a test's own).
+    pub fn start_on(
+        identity: &'static str,
+        client: kube::Client,
+        bootstrap: &str,
+        namespace: &str,
+        control: &str,
+        heartbeats: &str,
+    ) -> Self {
         shop_runtime::telemetry::init_for_tests();
-        let bed = testbed();
         let args = Args::parse_from([
             "shop-controller",
             "--bootstrap-servers",
-            bed.kafka_bootstrap(),
+            bootstrap,
             "--control-topic",
-            control.name(),
+            control,
             "--heartbeat-topic",
-            heartbeats.name(),
+            heartbeats,
             "--watch-namespace",
             namespace,
             "--leader-election-namespace",
@@ -76,8 +95,9 @@ impl Controller {
         let stop = shutdown.clone();
         let health = Health::new();
         let reported = health.clone();
+        let registry = Metrics::new();
+        let metrics = ControllerMetrics::register(&registry);
         let task = tokio::spawn(async move {
-            let metrics = ControllerMetrics::register(&Metrics::new());
             let board = shop_controller::live::Board::new(identity);
             shop_controller::run::run(
                 args.config,
@@ -95,6 +115,7 @@ impl Controller {
             shutdown,
             task,
             health,
+            metrics: registry,
         }
     }
 
@@ -127,8 +148,17 @@ pub async fn install_crd(client: kube::Client) {
     .unwrap();
 }
 
-pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + TIMEOUT;
+pub async fn eventually<T>(what: &str, check: impl AsyncFnMut() -> Option<T>) -> T {
+    within(TIMEOUT, what, check).await
+}
+
+/// Polls `check` until it returns `Some`, for at most `limit`.
+pub async fn within<T>(
+    limit: Duration,
+    what: &str,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + limit;
     loop {
         if let Some(value) = check().await {
             return value;
