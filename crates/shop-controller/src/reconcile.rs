@@ -505,6 +505,10 @@ async fn observe(pipeline: &ShopPipeline, desired: &Desired, ctx: &Context) -> O
         error: None,
         paused: pipeline.spec.paused,
         deleting: pipeline.metadata.deletion_timestamp.is_some(),
+        expected_appliers: {
+            let replicas = pipeline.spec.replicas();
+            usize::try_from(replicas.orders.max(0) + replicas.payments.max(0)).unwrap_or(0)
+        },
     }
 }
 

@@ -27,6 +27,8 @@ pub struct Observations {
     pub paused: bool,
     /// The pipeline is being deleted (`deletionTimestamp` is set).
     pub deleting: bool,
+    /// Replicas that apply control records (order- and payment-service) the spec asks for.
+    pub expected_appliers: usize,
 }
 
 /// The status for `observations`, keeping the transition times of conditions whose status
@@ -146,6 +148,18 @@ fn applied(observations: &Observations) -> (&'static str, String, String) {
         .filter(|h| h.applied_generation.is_some_and(|g| g < *generation))
         .map(|h| format!("{}/{}", h.service, h.instance))
         .collect();
+    // A replica still starting has not reported yet: all must have, not only the live.
+    if behind.is_empty() && appliers.len() < observations.expected_appliers {
+        return (
+            "False",
+            "Applying".into(),
+            format!(
+                "{} of {} replicas reported generation {generation}",
+                appliers.len(),
+                observations.expected_appliers
+            ),
+        );
+    }
     if behind.is_empty() {
         (
             "True",
@@ -281,6 +295,22 @@ mod tests {
         let status = status(&obs, None, &t(0));
         assert_eq!(get(&status, "Degraded").reason, "KafkaUnavailable");
         assert_eq!(get(&status, "Ready").status, "False");
+    }
+
+    #[test]
+    fn every_expected_replica_must_report_before_applied() {
+        let mut obs = running(3, vec![heartbeat("order-service", Some(3))]);
+        obs.expected_appliers = 2;
+        let waiting = status(&obs, None, &t(0));
+        let applied = get(&waiting, "Applied");
+        assert_eq!(
+            (applied.status.as_str(), applied.reason.as_str()),
+            ("False", "Applying")
+        );
+        assert!(applied.message.contains("1 of 2"), "{}", applied.message);
+        obs.live_heartbeats
+            .push(heartbeat("payment-service", Some(3)));
+        assert_eq!(get(&status(&obs, None, &t(0)), "Applied").status, "True");
     }
 
     #[test]
