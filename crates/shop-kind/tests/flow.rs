@@ -222,6 +222,15 @@ impl Stamp {
         Self(seconds.to_owned(), nanos)
     }
 
+    /// The date, and the milliseconds since its midnight.
+    fn millis_of_day(&self) -> Option<(String, f64)> {
+        let (date, time) = self.0.split_once('T')?;
+        let mut parts = time.split(':').map(|p| p.parse::<f64>().ok());
+        let (h, m, s) = (parts.next()??, parts.next()??, parts.next()??);
+        let millis = ((h * 60.0 + m) * 60.0 + s) * 1000.0 + f64::from(self.1) / 1e6;
+        Some((date.to_owned(), millis))
+    }
+
     /// The host's clock now (the node's containers share it).
     fn now() -> Self {
         let out = Command::new("date")
@@ -268,7 +277,26 @@ fn applied(cluster: &Cluster, namespace: &str, name: &str, generation: i64) {
     );
 }
 
-/// The lines printed after `since`, once there are at least `count` of them.
+/// Whether the order of a line printed at `printed` was created after `since`: the line
+/// ends with the order's end-to-end latency ("… · 129 ms"). A payment decided before a
+/// setting was applied may still be printed after `Applied` was seen; an order created
+/// after that was decided under the setting. Lines across midnight count as after.
+fn created_after(printed: &Stamp, line: &str, since: &Stamp) -> bool {
+    let latency: Option<f64> = line
+        .rsplit(" · ")
+        .next()
+        .and_then(|l| l.strip_suffix(" ms"))
+        .and_then(|l| l.parse().ok());
+    match (printed.millis_of_day(), since.millis_of_day(), latency) {
+        (Some((day, at)), Some((since_day, since_at)), Some(latency)) if day == since_day => {
+            at - latency > since_at
+        }
+        _ => true,
+    }
+}
+
+/// The lines printed after `since` for orders created after it, once there are at least
+/// `count` of them.
 fn lines_after(
     cluster: &Cluster,
     namespace: &str,
@@ -283,7 +311,7 @@ fn lines_after(
             let lines: Vec<String> = cluster
                 .lines(namespace, name)
                 .into_iter()
-                .filter(|(stamp, _)| stamp > since)
+                .filter(|(stamp, line)| stamp > since && created_after(stamp, line, since))
                 .map(|(_, line)| line)
                 .collect();
             (lines.len() >= count).then_some(lines)
