@@ -2,6 +2,12 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
+# One cargo target directory for every clone, every target and CI (.ci/run sets the same):
+# `make demo` after `make test` builds nothing again. Set CARGO_TARGET_DIR to use another.
+SHOPSTREAM_CACHE ?= $(HOME)/.cache/shopstream
+CARGO_TARGET_DIR ?= $(SHOPSTREAM_CACHE)/cargo-target
+export SHOPSTREAM_CACHE CARGO_TARGET_DIR
+
 .PHONY: help bench demo down generate images test testbed testbed-docker testbed-kind testbed-browser testbed-up testbed-down testbed-status up fmt lint
 
 help: ## List the targets
@@ -39,7 +45,7 @@ testbed-browser: ## Install headless Chromium and chromedriver (Debian packages)
 images: ## Build the four images from the Dockerfile (shopstream/<binary>:<version>)
 	scripts/images.sh build
 
-testbed-up: testbed ## Start the test bed and write target/testbed/env (source it)
+testbed-up: testbed ## Start the test bed; source "$(testbed/bed.sh env)" to use it
 	testbed/bed.sh up
 
 testbed-down: ## Stop the test bed

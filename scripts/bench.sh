@@ -13,7 +13,7 @@ if ! testbed/kafka.sh status >/dev/null 2>&1 || ! testbed/kube.sh status >/dev/n
 fi
 trap '$started_bed && testbed/bed.sh down' EXIT
 # shellcheck source=/dev/null
-source target/testbed/env
+source "$(testbed/bed.sh env)"
 
 # The benchmarks, and the binaries the controller benchmark starts as processes.
 cargo build --release --quiet -p shop-bench -p shop-controller -p order-service \

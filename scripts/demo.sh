@@ -22,8 +22,12 @@ if ! testbed/kafka.sh status >/dev/null 2>&1; then
   testbed/bed.sh up
   started_kafka=true
 fi
-# shellcheck source=/dev/null
-source target/testbed/env 2>/dev/null || export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:${SHOPSTREAM_KAFKA_PORT:-19092}
+if env_file=$(testbed/bed.sh env 2>/dev/null); then
+  # shellcheck source=/dev/null
+  source "$env_file"
+else
+  export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:${SHOPSTREAM_KAFKA_PORT:-19092}
+fi
 export KAFKA_BOOTSTRAP_SERVERS PIPELINE=${PIPELINE:-demo}
 
 echo "==> building the services" >&2

@@ -25,7 +25,7 @@ trap 'step "test bed: down"; testbed/bed.sh down' EXIT
 testbed/bed.sh up
 testbed/bed.sh up # idempotent: a second up finds everything running and changes nothing
 # shellcheck source=/dev/null
-source target/testbed/env
+source "$(testbed/bed.sh env)"
 
 step "shellcheck"
 if command -v shellcheck >/dev/null; then

@@ -4,9 +4,16 @@
 # headless browser (testbed/browser.sh).
 #
 #   bed.sh install   install every component into the cache (skips what is up to date)
-#   bed.sh up        start every component and write target/testbed/env (idempotent)
+#   bed.sh up        start every component and write the env file (idempotent)
 #   bed.sh down      stop every component; no process is left behind
 #   bed.sh status    one line per component; exit 1 when any is down
+#   bed.sh env       print the env file's path (source it to use the bed); exit 1 when
+#                    the bed is not up
+#
+# The bed's state (data, logs, pids, the env file) is in ~/.cache/shopstream/bed, not in the
+# clone: one bed per machine, seen and stopped from any clone. install, up and down hold a
+# lock (flock on bed.lock beside it), so two clones never start or stop it at once; the
+# processes the bed starts do not inherit the lock.
 #
 # Components can be chosen with SHOPSTREAM_TESTBED_COMPONENTS (default "kafka kube"; `make
 # test` and CI use "kafka kube docker kind browser"). docker comes after kafka (its Kafka stand-in is
@@ -21,9 +28,21 @@ read -r -a COMPONENTS <<<"${SHOPSTREAM_TESTBED_COMPONENTS:-kafka kube}"
 each() {
   local verb=$1 c rc=0
   for c in "${COMPONENTS[@]}"; do
-    "$TESTBED_DIR/$c.sh" "$verb" || rc=1
+    "$TESTBED_DIR/$c.sh" "$verb" 9>&- || rc=1
   done
   return $rc
+}
+
+# lock: holds $STATE.lock (fd 9) until this script exits, waiting for another clone's
+# install, up or down to finish first.
+lock() {
+  local lockfile=$STATE.lock
+  mkdir -p "$(dirname "$lockfile")"
+  exec 9>>"$lockfile"
+  if ! flock -n 9; then
+    log "waiting for the test bed lock $lockfile (another install, up or down is running)"
+    flock -w 3600 9 || die testbed "the lock $lockfile was not released within an hour"
+  fi
 }
 
 write_env() {
@@ -55,14 +74,16 @@ write_env() {
 }
 
 case ${1:-} in
-  install) each install ;;
+  install) lock; each install ;;
   up)
+    lock
     mkdir -p "$STATE"
     each up
     write_env
     log "up: source $STATE/env"
     ;;
   down)
+    lock
     rm -f "$STATE/env"
     each down
     # Every component's command line names the state directory: nothing may be left.
@@ -72,5 +93,9 @@ $leftover"
     fi
     ;;
   status) each status ;;
-  *) echo "usage: $0 install|up|down|status" >&2; exit 2 ;;
+  env)
+    [[ -f $STATE/env ]] || die testbed "not up: run 'make testbed-up' (or testbed/bed.sh up)"
+    echo "$STATE/env"
+    ;;
+  *) echo "usage: $0 install|up|down|status|env" >&2; exit 2 ;;
 esac

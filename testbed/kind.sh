@@ -256,7 +256,7 @@ status() {
   fi
 }
 
-# env: lines for target/testbed/env (bed.sh up).
+# env: lines for the bed's env file (bed.sh up).
 env_lines() {
   echo "export KIND_NODE_IMAGE='$NODE_IMAGE'"
   if needs_shim; then

@@ -4,14 +4,16 @@
 # Two places matter:
 #   CACHE  installed components, outside the clone and reused across runs
 #          (${SHOPSTREAM_CACHE:-~/.cache/shopstream}/testbed)
-#   STATE  one running bed: data, logs, pids and the env file (<repo>/target/testbed)
+#   STATE  the one running bed of this machine: data, logs, pids and the env file
+#          (${SHOPSTREAM_CACHE:-~/.cache/shopstream}/bed). It lives outside the clone so
+#          that every clone (and a `cargo clean`) sees the same bed and can stop it.
 
+# shellcheck disable=SC2034 # used by the scripts that source this file
 TESTBED_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO_DIR=$(cd "$TESTBED_DIR/.." && pwd)
 CACHE=${SHOPSTREAM_CACHE:-$HOME/.cache/shopstream}/testbed
 BIN=$CACHE/bin
 # shellcheck disable=SC2034 # used by the scripts that source this file
-STATE=${SHOPSTREAM_TESTBED_STATE:-$REPO_DIR/target/testbed}
+STATE=${SHOPSTREAM_TESTBED_STATE:-${SHOPSTREAM_CACHE:-$HOME/.cache/shopstream}/bed}
 export PATH="$BIN:$PATH"
 
 log() { printf '[testbed] %s\n' "$*" >&2; }

@@ -4,7 +4,7 @@
 //!
 //! It needs the test bed's `kind` component: `KIND_NODE_IMAGE` (the bed's node image) and,
 //! on hosts without CAP_SYS_RESOURCE, the docker shim first on PATH, both set by
-//! `target/testbed/env`. Only `KIND_NODE_IMAGE`, `KIND_CLUSTER` and `KUBECONFIG` differ from
+//! the bed's env file. Only `KIND_NODE_IMAGE`, `KIND_CLUSTER` and `KUBECONFIG` differ from
 //! a user's `make up`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -35,7 +35,7 @@ impl Cluster {
     fn up() -> Self {
         let node_image = std::env::var("KIND_NODE_IMAGE").expect(
             "KIND_NODE_IMAGE not set: this test needs the test bed's kind component \
-             (SHOPSTREAM_TESTBED_COMPONENTS with kind, then source target/testbed/env)",
+             (SHOPSTREAM_TESTBED_COMPONENTS with kind, then source \"$(testbed/bed.sh env)\")",
         );
         let dir = repo_dir().join("target/kind-e2e");
         std::fs::create_dir_all(&dir).unwrap();

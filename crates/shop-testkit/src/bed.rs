@@ -2,7 +2,7 @@
 //!
 //! A test binary attaches to the bed named in its environment (`SHOPSTREAM_KAFKA`,
 //! `SHOPSTREAM_KUBECONFIG`, `SHOPSTREAM_TESTBED_BIN`, as written by `make testbed-up` into
-//! `target/testbed/env`). When they are not set it runs `testbed/bed.sh up`, which is
+//! the bed's env file, `testbed/bed.sh env` names it). When they are not set it runs `testbed/bed.sh up`, which is
 //! idempotent, and reads the env file it writes. The bed it starts keeps running for the
 //! next test binary; `make testbed-down` stops it.
 //!
@@ -70,9 +70,19 @@ impl TestBed {
                 script.display()
             );
         }
-        let env_file = std::env::var_os("SHOPSTREAM_TESTBED_STATE")
-            .map_or_else(|| repo_dir().join("target/testbed"), PathBuf::from)
-            .join("env");
+        let output = Command::new("bash")
+            .arg(&script)
+            .arg("env")
+            .output()
+            .with_context(|| format!("running {} env", script.display()))?;
+        if !output.status.success() {
+            bail!(
+                "{} env failed after up: {}",
+                script.display(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        let env_file = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
         let text = std::fs::read_to_string(&env_file)
             .with_context(|| format!("reading {}", env_file.display()))?;
         let vars = parse_env_file(&text);
@@ -98,7 +108,7 @@ impl TestBed {
     pub fn kubeconfig(&self) -> anyhow::Result<&Path> {
         self.kubeconfig.as_deref().context(
             "this test needs the test bed's API server, but SHOPSTREAM_KUBECONFIG is not set: \
-             run `make testbed-up` and `source target/testbed/env`",
+             run `make testbed-up` and `source \"$(testbed/bed.sh env)\"`",
         )
     }
 
