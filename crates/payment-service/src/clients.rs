@@ -1,6 +1,6 @@
-//! The Kafka clients of the service and their configuration, plus the two helpers every
+//! The Kafka clients of the service and their configuration, plus the helper every
 //! broker call here needs: running librdkafka's blocking calls without stalling the
-//! runtime, and backing off while the broker is away.
+//! runtime. (Pauses while the broker is away are `shop_runtime::retry`'s.)
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,9 +52,6 @@ pub(crate) fn blocking<T>(call: impl FnOnce() -> T) -> T {
         _ => call(),
     }
 }
-
-/// Pauses between retries: the runtime's, shared by every service.
-pub(crate) use shop_runtime::retry::Backoff;
 
 /// The producer of payments and dead letters: transactional in exactly-once mode (one
 /// transactional id per replica), idempotent at least once.
@@ -142,13 +139,6 @@ pub(crate) fn consumer(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_five_seconds() {
-        let mut backoff = Backoff::default();
-        let delays: Vec<_> = (0..8).map(|_| backoff.next_delay().as_millis()).collect();
-        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
-    }
 
     #[test]
     fn blocking_calls_run_outside_a_runtime_too() {

@@ -34,6 +34,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::statistics::Statistics;
 use shop_runtime::Health;
+use shop_runtime::retry::{BlockingRetryable, ConstantBuilder};
 use tracing::{debug, error, info, warn};
 
 use crate::batch::Batch;
@@ -208,22 +209,27 @@ impl PaymentContext {
 /// Aborts the open transaction, retrying a few times when the broker is slow. Returns
 /// whether there was one to abort.
 fn abort(producer: &FutureProducer<ClientLog>) -> Result<bool, KafkaError> {
-    blocking(|| {
-        let mut attempt = 0;
-        loop {
-            match producer.abort_transaction(CALL_TIMEOUT) {
-                // The worker committed or aborted it a moment ago: nothing is open.
-                Err(e) if no_open_transaction(&e) => return Ok(false),
-                Err(KafkaError::Transaction(e)) if e.is_retriable() && attempt < 3 => {
-                    attempt += 1;
-                    warn!(error = %e, attempt, "aborting the transaction failed; retrying");
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                result => return result.map(|()| true),
-            }
-        }
-    })
+    let mut attempt = 0;
+    let aborted = (|| producer.abort_transaction(CALL_TIMEOUT))
+        .retry(ABORT_RETRIES)
+        .when(|e| {
+            !no_open_transaction(e) && matches!(e, KafkaError::Transaction(e) if e.is_retriable())
+        })
+        .notify(|e, _| {
+            attempt += 1;
+            warn!(error = %e, attempt, "aborting the transaction failed; retrying");
+        });
+    match blocking(|| aborted.call()) {
+        // The worker committed or aborted it a moment ago: nothing is open.
+        Err(e) if no_open_transaction(&e) => Ok(false),
+        result => result.map(|()| true),
+    }
 }
+
+/// A rebalance waits for the abort, so it is retried only a few times, briefly.
+const ABORT_RETRIES: ConstantBuilder = ConstantBuilder::new()
+    .with_delay(Duration::from_millis(200))
+    .with_max_times(3);
 
 fn list(partitions: &TopicPartitionList) -> String {
     partitions

@@ -16,7 +16,7 @@
 //! - `batch`: the open transaction's offsets and counts, shared with the rebalance callback.
 //! - `context`: the Kafka clients' callbacks: logs, consumer lag, and the rule that the
 //!   open transaction is aborted before partitions are revoked.
-//! - `clients`: the producer and consumer configuration, blocking calls, backoff.
+//! - `clients`: the producer and consumer configuration, blocking calls.
 //! - `metrics`: Prometheus metrics and the heartbeat's report.
 //! - [`error`]: [`Error`], what ends [`run`] with a failure.
 //!
@@ -45,7 +45,7 @@ use shop_domain::ControlRecord;
 use shop_kafka::KafkaArgs;
 use shop_kafka::heartbeat::{self, Heartbeats};
 use shop_kafka::topics::{TopicSpec, control_plane_topics, ensure_topics};
-use shop_runtime::retry::start_up;
+use shop_runtime::retry::{self, Retryable, start_up};
 use shop_runtime::{Health, Metrics};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -56,7 +56,7 @@ pub use error::{Error, Result};
 pub use process::{DLQ_MAX_VALUE_BYTES, ORIGINAL_SIZE_HEADER};
 
 use crate::batch::Batch;
-use crate::clients::{Backoff, CALL_TIMEOUT, blocking};
+use crate::clients::{CALL_TIMEOUT, blocking};
 use crate::metrics::ServiceMetrics;
 use crate::process::DecisionSettings;
 use crate::worker::Worker;
@@ -213,26 +213,21 @@ async fn init_transactions(
     shutdown: &CancellationToken,
     health: &Health,
 ) -> Result<bool> {
-    let mut backoff = Backoff::default();
-    loop {
-        match blocking(|| producer.init_transactions(CALL_TIMEOUT)) {
-            Ok(()) => return Ok(true),
-            Err(KafkaError::Transaction(e)) if e.is_fatal() => {
-                return Err(Error::Transaction {
-                    transactional_id: transactional_id.to_owned(),
-                    doing: "initialising transactions",
-                    source: Box::new(KafkaError::Transaction(e)),
-                });
-            }
-            Err(error) => {
-                let delay = backoff.next_delay();
-                warn!(%transactional_id, %error, retry_in = ?delay, "initialising transactions failed; retrying");
-                health.set_ready(false, format!("initialising transactions: {error}"));
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(false),
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-    }
+    let attempt = || async { blocking(|| producer.init_transactions(CALL_TIMEOUT)) };
+    let initialised = attempt
+        .retry(retry::POLICY)
+        .when(|error| !matches!(error, KafkaError::Transaction(e) if e.is_fatal()))
+        .notify(|error, delay| {
+            warn!(%transactional_id, %error, retry_in = ?delay, "initialising transactions failed; retrying");
+            health.set_ready(false, format!("initialising transactions: {error}"));
+        });
+    let result = tokio::select! {
+        () = shutdown.cancelled() => return Ok(false),
+        result = initialised => result,
+    };
+    result.map(|()| true).map_err(|source| Error::Transaction {
+        transactional_id: transactional_id.to_owned(),
+        doing: "initialising transactions",
+        source: Box::new(source),
+    })
 }

@@ -17,7 +17,7 @@
 //!   Drop-based [`Timer`].
 //! - [`http`]: [`Health`] and [`serve`], a small HTTP/1.1 responder for probes and scrapes.
 //! - [`retry`]: [`retry::start_up`], the one way a service waits for what it needs at
-//!   start (the broker), not ready meanwhile, and [`retry::Backoff`].
+//!   start (the broker), not ready meanwhile, and [`retry::POLICY`], the one retry policy.
 //! - [`error`]: the crate's [`Error`] and [`Result`].
 //!
 //! A binary wires them like this:
