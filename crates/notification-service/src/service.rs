@@ -63,10 +63,11 @@ pub async fn run<W: Write + Send + 'static>(
         health,
     } = settings;
     let counters = Counters::register(&metrics);
-    let context = Context {
-        health: health.clone(),
-    };
-    let consumer = Arc::new(client::consumer(&kafka, &config, context.clone())?);
+    let consumer = Arc::new(client::consumer(
+        &kafka,
+        &config,
+        Context::new(health.clone(), "payments-consumer"),
+    )?);
     if !create_topics(&kafka, &config, &consumer, &health, &shutdown).await? {
         return Ok(());
     }
@@ -76,7 +77,8 @@ pub async fn run<W: Write + Send + 'static>(
             topic: config.payments_topic.clone(),
             source,
         })?;
-    let producer = client::dead_letter_producer(&kafka, context)?;
+    let producer =
+        client::dead_letter_producer(&kafka, Context::new(health.clone(), "dead-letter-producer"))?;
     // Heartbeats stop with the service also when it ends for another reason than the token.
     let heartbeat_stop = shutdown.child_token();
     let reporter = counters.clone();

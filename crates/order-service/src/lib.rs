@@ -39,6 +39,7 @@ use rand::rngs::SmallRng;
 use rdkafka::producer::FutureProducer;
 use shop_domain::Pacer;
 use shop_kafka::KafkaArgs;
+use shop_kafka::context::ClientLog;
 use shop_kafka::heartbeat::{self, Heartbeats};
 use shop_kafka::topics::{TopicSpec, control_plane_topics, ensure_topics};
 use shop_runtime::retry::start_up;
@@ -186,13 +187,16 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
 
 /// The producer that claims id blocks: idempotent and `acks=all` like the order producer,
 /// and unbatched, because a claim is one record that the generator is waiting for.
-fn id_block_producer(kafka: &KafkaArgs, instance: &str) -> Result<FutureProducer, Error> {
+fn id_block_producer(
+    kafka: &KafkaArgs,
+    instance: &str,
+) -> Result<FutureProducer<ClientLog>, Error> {
     kafka
         .client_config(&format!("order-service-{instance}-ids"))
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "0")
-        .create()
+        .create_with_context(ClientLog::new("id-blocks"))
         .map_err(|source| Error::Producer {
             what: "id-block",
             bootstrap: kafka.bootstrap_servers.clone(),

@@ -8,11 +8,12 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
 use shop_kafka::KafkaArgs;
+use shop_kafka::context::ClientLog;
 use shop_runtime::Health;
 
 use crate::batch::Batch;
 use crate::config::{Config, Delivery};
-use crate::context::{ClientLog, PaymentContext};
+use crate::context::PaymentContext;
 use crate::error::{Error, Result};
 use crate::metrics::ServiceMetrics;
 
@@ -95,6 +96,7 @@ pub(crate) fn consumer(
     health: &Health,
 ) -> Result<StreamConsumer<PaymentContext>> {
     let context = PaymentContext {
+        log: ClientLog::new("orders-consumer"),
         batch: Arc::clone(batch),
         producer: Mutex::new(producer.clone()),
         delivery: config.delivery,

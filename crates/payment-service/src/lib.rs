@@ -14,7 +14,7 @@
 //! - `process`: one order message → payment or dead letter (pure, unit-tested).
 //! - `worker`: the loop: consume, send, commit by time; retries, aborts, rewinds, drain.
 //! - `batch`: the open transaction's offsets and counts, shared with the rebalance callback.
-//! - `context`: the Kafka clients' callbacks: logs, consumer lag, and the rule that the
+//! - `context`: the orders consumer's callbacks: consumer lag, and the rule that the
 //!   open transaction is aborted before partitions are revoked.
 //! - `clients`: the producer and consumer configuration, blocking calls.
 //! - `metrics`: Prometheus metrics and the heartbeat's report.
@@ -43,6 +43,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer};
 use shop_domain::ControlRecord;
 use shop_kafka::KafkaArgs;
+use shop_kafka::context::ClientLog;
 use shop_kafka::heartbeat::{self, Heartbeats};
 use shop_kafka::topics::{TopicSpec, control_plane_topics, ensure_topics};
 use shop_runtime::retry::{self, Retryable, start_up};
@@ -208,7 +209,7 @@ async fn serve(
 /// id and aborts the transaction it left open. Retried while the broker is away; returns
 /// `false` when shutdown came first.
 async fn init_transactions(
-    producer: &FutureProducer<context::ClientLog>,
+    producer: &FutureProducer<ClientLog>,
     transactional_id: &str,
     shutdown: &CancellationToken,
     health: &Health,

@@ -9,9 +9,9 @@
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 
+use crate::context::ClientLog;
 use crate::{Error, KafkaArgs, Result};
 
 /// What a topic should look like when it has to be created.
@@ -60,9 +60,9 @@ pub fn control_plane_topics(args: &KafkaArgs) -> Vec<TopicSpec> {
 /// Creates each topic that does not exist yet (replication factor 1 is not assumed: the
 /// broker's default replication factor is used).
 pub async fn ensure_topics(args: &KafkaArgs, topics: &[TopicSpec]) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = args
+    let admin: AdminClient<ClientLog> = args
         .client_config("shopstream-admin")
-        .create()
+        .create_with_context(ClientLog::new("admin"))
         .map_err(|source| Error::Client {
             bootstrap: args.bootstrap_servers.clone(),
             source,
@@ -105,9 +105,9 @@ pub async fn ensure_topics(args: &KafkaArgs, topics: &[TopicSpec]) -> Result<()>
 /// can add partitions, never remove them; a topic with more is left as it is). Topics that
 /// do not exist are skipped: [`ensure_topics`] creates them. Returns the topics grown.
 pub async fn grow_partitions(args: &KafkaArgs, topics: &[TopicSpec]) -> Result<Vec<String>> {
-    let admin: AdminClient<DefaultClientContext> = args
+    let admin: AdminClient<ClientLog> = args
         .client_config("shopstream-admin")
-        .create()
+        .create_with_context(ClientLog::new("admin"))
         .map_err(|source| Error::Client {
             bootstrap: args.bootstrap_servers.clone(),
             source,
