@@ -2,6 +2,7 @@
 //! plumbing (`Settings`) the binary or a test hands to [`crate::run`].
 
 use shop_kafka::KafkaArgs;
+use shop_kafka::topics::parse_topic;
 use shop_runtime::{Health, LogFormat, Metrics};
 
 /// The service's own flags, each with an environment fallback for Pods. Defaults are the
@@ -10,11 +11,11 @@ use shop_runtime::{Health, LogFormat, Metrics};
 #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Topic of payments to print.
-    #[arg(long, env = "PAYMENTS_TOPIC", default_value = "payment_topic")]
+    #[arg(long, env = "PAYMENTS_TOPIC", default_value = "payment_topic", value_parser = parse_topic)]
     pub payments_topic: String,
 
     /// Topic that receives payments which cannot be parsed, with the error in headers.
-    #[arg(long, env = "DLQ_TOPIC", default_value = "dead_letter_topic")]
+    #[arg(long, env = "DLQ_TOPIC", default_value = "dead_letter_topic", value_parser = parse_topic)]
     pub dlq_topic: String,
 
     /// Consumer group: replicas in one group share the partitions; its committed offsets

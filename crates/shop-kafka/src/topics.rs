@@ -163,10 +163,55 @@ pub async fn grow_partitions(args: &KafkaArgs, topics: &[TopicSpec]) -> Result<V
     Ok(grown)
 }
 
+/// A Kafka topic name as the broker accepts it: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or
+/// `..`. The value parser of every topic flag, so a bad name stops the process at start
+/// with a message that says what to write (clap adds the flag).
+pub fn parse_topic(value: &str) -> std::result::Result<String, String> {
+    let valid = !value.is_empty()
+        && value.len() <= 249
+        && value != "."
+        && value != ".."
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "{value:?} is not a Kafka topic name: use 1 to 249 letters, digits, '.', '_' or '-'"
+        ))
+    }
+}
+
 fn names(topics: &[TopicSpec]) -> String {
     topics
         .iter()
         .map(|t| t.name.as_str())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_kafka_accepts_are_accepted() {
+        for name in [
+            "order_topic",
+            "shop.demo.orders",
+            "a-b_c.1",
+            &"x".repeat(249),
+        ] {
+            assert_eq!(parse_topic(name).as_deref(), Ok(name));
+        }
+    }
+
+    #[test]
+    fn topic_names_kafka_refuses_are_refused_saying_what_to_write() {
+        for name in ["", ".", "..", "a b", "orders/x", "café", &"x".repeat(250)] {
+            let error = parse_topic(name).unwrap_err();
+            assert!(error.contains("1 to 249 letters"), "{name}: {error}");
+        }
+    }
 }
