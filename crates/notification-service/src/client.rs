@@ -14,9 +14,9 @@ use shop_kafka::context::ClientLog;
 use shop_runtime::Health;
 use tracing::{info, warn};
 
+use crate::SERVICE;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::service::SERVICE;
 
 /// The consumer of payments.
 pub(crate) type PaymentConsumer = StreamConsumer<Context>;

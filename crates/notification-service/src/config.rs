@@ -3,7 +3,7 @@
 
 use shop_kafka::KafkaArgs;
 use shop_kafka::topics::parse_topic;
-use shop_runtime::{Health, LogFormat, Metrics};
+use shop_runtime::LogFormat;
 
 /// The service's own flags, each with an environment fallback for Pods. Defaults are the
 /// seed's topic names, so `notification-service` run by hand next to the seed's producers
@@ -65,18 +65,9 @@ impl Default for Config {
     }
 }
 
-/// Everything [`crate::run`] needs. `format` chooses the printed lines (text for people,
-/// JSON for machines); `metrics` and `health` are shared with the HTTP server.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub kafka: KafkaArgs,
-    pub config: Config,
-    /// This replica's name in heartbeats and the Kafka client id.
-    pub instance: String,
-    pub format: LogFormat,
-    pub metrics: Metrics,
-    pub health: Health,
-}
+/// Everything [`crate::run`] needs; `metrics` and `health` are shared with the HTTP
+/// server.
+pub type Settings = shop_runtime::ServiceContext<KafkaArgs, Config>;
 
 #[cfg(test)]
 mod tests {

@@ -28,14 +28,12 @@ use shop_runtime::{Health, LogFormat};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::SERVICE;
 use crate::client::{self, Context, PaymentConsumer};
 use crate::config::{Config, Settings};
 use crate::error::{Error, Result};
 use crate::metrics::Counters;
 use crate::render;
-
-/// The service name in heartbeat keys and client ids.
-pub const SERVICE: &str = "notification-service";
 
 /// The longest the final commit may take; after that the shutdown goes on without it.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,7 +56,6 @@ pub async fn run<W: Write + Send + 'static>(
         kafka,
         config,
         instance,
-        format,
         metrics,
         health,
     } = settings;
@@ -104,7 +101,7 @@ pub async fn run<W: Write + Send + 'static>(
         consumer,
         producer,
         out,
-        format,
+        format: config.line_format,
         recent: RecentIds::new(config.dedup_window),
         counters,
         health: health.clone(),

@@ -1,6 +1,4 @@
-//! The Kafka clients of the service and their configuration, plus the helper every
-//! broker call here needs: running librdkafka's blocking calls without stalling the
-//! runtime. (Pauses while the broker is away are `shop_runtime::retry`'s.)
+//! The Kafka clients of the service and their configuration.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,11 +15,6 @@ use crate::context::PaymentContext;
 use crate::error::{Error, Result};
 use crate::metrics::ServiceMetrics;
 
-/// Timeout of one blocking broker call (transaction steps, offset commits, seeks). Calls
-/// that time out are retried, so this bounds how long the loop is deaf to shutdown and
-/// control changes during a broker outage, not how long it waits overall.
-pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// How long the broker keeps a transaction open without hearing from its producer. A
 /// crashed replica's open transaction (another Pod name, so no fencing) blocks
 /// `read_committed` readers of the payments for at most this long.
@@ -30,29 +23,6 @@ pub(crate) const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Session timeout of the consumer group: how long a crashed replica keeps its partitions
 /// before the group gives them to the others.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Whether `error` says the producer has no open transaction. The rebalance callback and
-/// the worker can both end a transaction (the callback aborts before partitions are
-/// revoked); whichever comes second finds none open, and that transaction is over.
-pub(crate) fn no_open_transaction(error: &rdkafka::error::KafkaError) -> bool {
-    matches!(
-        error,
-        rdkafka::error::KafkaError::Transaction(e)
-            if e.code() == rdkafka::types::RDKafkaErrorCode::State
-    )
-}
-
-/// Runs a blocking librdkafka call. On a multi-threaded runtime the worker hands its other
-/// tasks to other threads first (`block_in_place`); elsewhere (a current-thread runtime,
-/// a plain thread) it simply runs.
-pub(crate) fn blocking<T>(call: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(call)
-        }
-        _ => call(),
-    }
-}
 
 /// The producer of payments and dead letters: transactional in exactly-once mode (one
 /// transactional id per replica), idempotent at least once.
@@ -136,14 +106,4 @@ pub(crate) fn consumer(
             source: Box::new(source),
         })?;
     Ok(consumer)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn blocking_calls_run_outside_a_runtime_too() {
-        assert_eq!(blocking(|| 7), 7);
-    }
 }

@@ -40,7 +40,7 @@ use shop_runtime::retry::{BlockingRetryable, ConstantBuilder};
 use tracing::{debug, info, warn};
 
 use crate::batch::Batch;
-use crate::clients::{CALL_TIMEOUT, blocking, no_open_transaction};
+use crate::calls::{CALL_TIMEOUT, blocking, no_open_transaction};
 use crate::config::Delivery;
 use crate::metrics::ServiceMetrics;
 

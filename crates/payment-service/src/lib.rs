@@ -16,7 +16,8 @@
 //! - `batch`: the open transaction's offsets and counts, shared with the rebalance callback.
 //! - `context`: the orders consumer's callbacks: consumer lag, and the rule that the
 //!   open transaction is aborted before partitions are revoked.
-//! - `clients`: the producer and consumer configuration, blocking calls.
+//! - `clients`: the producer and consumer configuration.
+//! - `calls`: librdkafka's blocking calls, run without stalling the runtime.
 //! - `metrics`: Prometheus metrics and the heartbeat's report.
 //! - [`error`]: [`Error`], what ends [`run`] with a failure.
 //!
@@ -26,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 mod batch;
+mod calls;
 mod clients;
 pub mod config;
 mod context;
@@ -57,7 +59,7 @@ pub use error::{Error, Result};
 pub use process::{DLQ_MAX_VALUE_BYTES, ORIGINAL_SIZE_HEADER};
 
 use crate::batch::Batch;
-use crate::clients::{CALL_TIMEOUT, blocking};
+use crate::calls::{CALL_TIMEOUT, blocking};
 use crate::metrics::ServiceMetrics;
 use crate::process::DecisionSettings;
 use crate::worker::Worker;
@@ -65,19 +67,10 @@ use crate::worker::Worker;
 /// The service's name in heartbeats.
 pub const SERVICE: &str = "payment-service";
 
-/// Everything [`run`] needs from its caller.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub kafka: KafkaArgs,
-    pub config: Config,
-    /// This replica's name: part of its transactional id and heartbeat key.
-    pub instance: String,
-    /// The process's registry; `run` registers its metrics here.
-    pub metrics: Metrics,
-    /// Readiness, served on `/readyz`: ready once the producer is initialised and the
-    /// consumer holds an assignment.
-    pub health: Health,
-}
+/// Everything [`run`] needs from its caller. The instance is part of the transactional id;
+/// ready (on `/readyz`) once the producer is initialised and the consumer holds an
+/// assignment.
+pub type Settings = shop_runtime::ServiceContext<KafkaArgs, Config>;
 
 /// Runs payment-service until `shutdown` is cancelled, then commits the open transaction,
 /// leaves the group and returns `Ok(())`.

@@ -35,7 +35,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::batch::Batch;
-use crate::clients::{self, CALL_TIMEOUT, blocking, no_open_transaction};
+use crate::calls::{CALL_TIMEOUT, blocking, no_open_transaction};
+use crate::clients;
 use crate::config::{Config, Delivery};
 use crate::context::PaymentContext;
 use crate::error::{Error, Result};
