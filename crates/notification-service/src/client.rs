@@ -10,41 +10,43 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use shop_kafka::KafkaArgs;
+use shop_kafka::context::ClientLog;
 use shop_runtime::Health;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
+use crate::SERVICE;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::service::SERVICE;
 
 /// The consumer of payments.
 pub(crate) type PaymentConsumer = StreamConsumer<Context>;
 
-/// Routes librdkafka's logs and errors to tracing, logs partition assignments, and
-/// reports an unreachable cluster to `/readyz` (the consume loop reports the recovery).
+/// Routes librdkafka's logs and errors to tracing (through the shared [`ClientLog`]),
+/// logs partition assignments, and reports an unreachable cluster to `/readyz` (the
+/// consume loop reports the recovery).
 #[derive(Debug, Clone)]
 pub(crate) struct Context {
     pub(crate) health: Health,
+    log: ClientLog,
+}
+
+impl Context {
+    /// The context of the client `client`, reporting to `health`.
+    pub(crate) fn new(health: Health, client: &'static str) -> Self {
+        Self {
+            health,
+            log: ClientLog::new(client),
+        }
+    }
 }
 
 impl ClientContext for Context {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, detail: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => warn!(facility, detail, "librdkafka"),
-            // Connection failures (`FAIL`) also arrive through `error` below; once is enough.
-            RDKafkaLogLevel::Warning if facility != "FAIL" => {
-                warn!(facility, detail, "librdkafka");
-            }
-            _ => debug!(facility, detail, "librdkafka"),
-        }
+        self.log.log_line(level, facility, detail);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        // Mostly broker connectivity; the client reconnects by itself.
-        warn!(%error, reason, "Kafka client error");
+        self.log.client_error(&error, reason);
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.health
                 .set_ready(false, format!("no Kafka broker reachable: {reason}"));

@@ -2,7 +2,8 @@
 //! plumbing (`Settings`) the binary or a test hands to [`crate::run`].
 
 use shop_kafka::KafkaArgs;
-use shop_runtime::{Health, LogFormat, Metrics};
+use shop_kafka::topics::parse_topic;
+use shop_runtime::LogFormat;
 
 /// The service's own flags, each with an environment fallback for Pods. Defaults are the
 /// seed's topic names, so `notification-service` run by hand next to the seed's producers
@@ -10,11 +11,11 @@ use shop_runtime::{Health, LogFormat, Metrics};
 #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Topic of payments to print.
-    #[arg(long, env = "PAYMENTS_TOPIC", default_value = "payment_topic")]
+    #[arg(long, env = "PAYMENTS_TOPIC", default_value = "payment_topic", value_parser = parse_topic)]
     pub payments_topic: String,
 
     /// Topic that receives payments which cannot be parsed, with the error in headers.
-    #[arg(long, env = "DLQ_TOPIC", default_value = "dead_letter_topic")]
+    #[arg(long, env = "DLQ_TOPIC", default_value = "dead_letter_topic", value_parser = parse_topic)]
     pub dlq_topic: String,
 
     /// Consumer group: replicas in one group share the partitions; its committed offsets
@@ -64,18 +65,9 @@ impl Default for Config {
     }
 }
 
-/// Everything [`crate::run`] needs. `format` chooses the printed lines (text for people,
-/// JSON for machines); `metrics` and `health` are shared with the HTTP server.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub kafka: KafkaArgs,
-    pub config: Config,
-    /// This replica's name in heartbeats and the Kafka client id.
-    pub instance: String,
-    pub format: LogFormat,
-    pub metrics: Metrics,
-    pub health: Health,
-}
+/// Everything [`crate::run`] needs; `metrics` and `health` are shared with the HTTP
+/// server.
+pub type Settings = shop_runtime::ServiceContext<KafkaArgs, Config>;
 
 #[cfg(test)]
 mod tests {

@@ -30,4 +30,7 @@ pub mod service;
 
 pub use config::{Config, Settings};
 pub use error::{Error, Result};
-pub use service::{SERVICE, run};
+pub use service::run;
+
+/// The service name in heartbeat keys and client ids.
+pub const SERVICE: &str = "notification-service";

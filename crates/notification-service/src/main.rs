@@ -1,14 +1,13 @@
-//! `notification-service`: prints one line per payment on stdout. Wiring only; the
-//! service is [`notification_service::run`].
+//! The notification-service binary: prints one line per payment on stdout. Wiring only; the service is [`notification_service::run`].
 
 use clap::Parser;
-use notification_service::{Config, Settings};
+use notification_service::Config;
 use shop_kafka::KafkaArgs;
-use shop_runtime::{CommonArgs, Health, Metrics, http};
+use shop_runtime::CommonArgs;
 
 /// Prints one line per payment on stdout (logs go to stderr).
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(name = "notification-service", version, about)]
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
@@ -23,25 +22,14 @@ const HTTP_PORT: u16 = 8083;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    shop_runtime::telemetry::init(cli.common.log_format)?;
-    let shutdown = shop_runtime::signal_token();
-    let listener = http::bind(
-        cli.common.http_port_or(HTTP_PORT),
-        CommonArgs::HTTP_PORT_HINT,
-    )
+    let Cli {
+        common,
+        kafka,
+        config,
+    } = Cli::parse();
+    shop_runtime::run(common, HTTP_PORT, kafka, config, |context, shutdown| {
+        notification_service::run(context, std::io::stdout(), shutdown)
+    })
     .await?;
-    let (health, metrics) = (Health::new(), Metrics::new());
-    let settings = Settings {
-        instance: cli.common.instance(),
-        format: cli.config.line_format,
-        kafka: cli.kafka,
-        config: cli.config,
-        metrics: metrics.clone(),
-        health: health.clone(),
-    };
-    let service = notification_service::run(settings, std::io::stdout(), shutdown);
-    let (result, served) = http::serve_during(listener, health, metrics, service).await;
-    result?;
-    Ok(served?)
+    Ok(())
 }

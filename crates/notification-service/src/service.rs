@@ -23,19 +23,17 @@ use shop_domain::{InvalidMessage, Payment, RecentIds};
 use shop_kafka::KafkaArgs;
 use shop_kafka::heartbeat::{Heartbeats, INTERVAL};
 use shop_kafka::topics::{TopicSpec, ensure_topics};
-use shop_runtime::retry::Backoff;
+use shop_runtime::retry::{self, Retryable};
 use shop_runtime::{Health, LogFormat};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::SERVICE;
 use crate::client::{self, Context, PaymentConsumer};
 use crate::config::{Config, Settings};
 use crate::error::{Error, Result};
 use crate::metrics::Counters;
 use crate::render;
-
-/// The service name in heartbeat keys and client ids.
-pub const SERVICE: &str = "notification-service";
 
 /// The longest the final commit may take; after that the shutdown goes on without it.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,15 +56,15 @@ pub async fn run<W: Write + Send + 'static>(
         kafka,
         config,
         instance,
-        format,
         metrics,
         health,
     } = settings;
     let counters = Counters::register(&metrics);
-    let context = Context {
-        health: health.clone(),
-    };
-    let consumer = Arc::new(client::consumer(&kafka, &config, context.clone())?);
+    let consumer = Arc::new(client::consumer(
+        &kafka,
+        &config,
+        Context::new(health.clone(), "payments-consumer"),
+    )?);
     if !create_topics(&kafka, &config, &consumer, &health, &shutdown).await? {
         return Ok(());
     }
@@ -76,7 +74,8 @@ pub async fn run<W: Write + Send + 'static>(
             topic: config.payments_topic.clone(),
             source,
         })?;
-    let producer = client::dead_letter_producer(&kafka, context)?;
+    let producer =
+        client::dead_letter_producer(&kafka, Context::new(health.clone(), "dead-letter-producer"))?;
     // Heartbeats stop with the service also when it ends for another reason than the token.
     let heartbeat_stop = shutdown.child_token();
     let reporter = counters.clone();
@@ -102,7 +101,7 @@ pub async fn run<W: Write + Send + 'static>(
         consumer,
         producer,
         out,
-        format,
+        format: config.line_format,
         recent: RecentIds::new(config.dedup_window),
         counters,
         health: health.clone(),
@@ -138,35 +137,27 @@ async fn create_topics(
         TopicSpec::events(&config.dlq_topic, config.partitions),
         TopicSpec::compacted(&kafka.heartbeat_topic),
     ];
-    let mut backoff = Backoff::default();
-    loop {
-        health.set_ready(false, "creating topics");
-        let attempt = async {
-            let missing = missing_topics(consumer, &specs).await?;
-            if !missing.is_empty() {
-                info!(topics = ?missing.iter().map(|t| &t.name).collect::<Vec<_>>(), "creating topics");
-                ensure_topics(kafka, &missing).await?;
-            }
-            Ok::<_, shop_kafka::Error>(())
-        };
-        let created = tokio::select! {
-            () = shutdown.cancelled() => return Ok(false),
-            created = attempt => created,
-        };
-        match created {
-            Ok(()) => return Ok(true),
-            // A client that cannot be created is a configuration error; waiting won't fix it.
-            Err(error @ shop_kafka::Error::Client { .. }) => return Err(error.into()),
-            Err(error) => {
-                let retry_in = backoff.next_delay();
-                warn!(%error, ?retry_in, "cannot create topics yet; is the broker reachable?");
-                health.set_ready(false, format!("creating topics: {error}"));
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(false),
-                    () = tokio::time::sleep(retry_in) => {}
-                }
-            }
+    health.set_ready(false, "creating topics");
+    let specs = &specs;
+    let attempt = || async move {
+        let missing = missing_topics(consumer, specs).await?;
+        if !missing.is_empty() {
+            info!(topics = ?missing.iter().map(|t| &t.name).collect::<Vec<_>>(), "creating topics");
+            ensure_topics(kafka, &missing).await?;
         }
+        Ok::<_, shop_kafka::Error>(())
+    };
+    let created = attempt
+        .retry(retry::POLICY)
+        // A client that cannot be created is a configuration error; waiting won't fix it.
+        .when(|error| !matches!(error, shop_kafka::Error::Client { .. }))
+        .notify(|error, retry_in| {
+            warn!(%error, ?retry_in, "cannot create topics yet; is the broker reachable?");
+            health.set_ready(false, format!("creating topics: {error}"));
+        });
+    tokio::select! {
+        () = shutdown.cancelled() => Ok(false),
+        created = created => created.map(|()| true).map_err(Error::from),
     }
 }
 
@@ -222,7 +213,7 @@ impl<W: Write> Printer<W> {
     async fn consume(&mut self, shutdown: &CancellationToken) -> Result<()> {
         // Messages borrow the consumer; a local handle leaves `self` free to be mutated.
         let consumer = Arc::clone(&self.consumer);
-        let mut backoff = Backoff::default();
+        let mut backoff = retry::pauses();
         let mut readiness = tokio::time::interval(READINESS_CHECK);
         readiness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -246,14 +237,14 @@ impl<W: Write> Printer<W> {
             };
             match received {
                 Ok(message) => {
-                    backoff.reset();
+                    backoff = retry::pauses();
                     self.health.set_ready(true, "consuming payments");
                     if let Flow::Stop = self.handle(&message, shutdown).await? {
                         return Ok(());
                     }
                 }
                 Err(error) => {
-                    let retry_in = backoff.next_delay();
+                    let retry_in = retry::next_pause(&mut backoff);
                     warn!(topic = %self.config.payments_topic, %error, ?retry_in, "cannot read payments; retrying");
                     self.health
                         .set_ready(false, format!("reading payments: {error}"));
@@ -334,7 +325,7 @@ impl<W: Write> Printer<W> {
         shutdown: &CancellationToken,
     ) -> Flow {
         let letter = shop_kafka::dead_letter::letter(message, &invalid.to_string(), invalid.kind());
-        let mut backoff = Backoff::default();
+        let mut backoff = retry::pauses();
         loop {
             let mut record = FutureRecord::<[u8], [u8]>::to(&self.config.dlq_topic)
                 .headers(letter.headers.clone());
@@ -361,7 +352,7 @@ impl<W: Write> Printer<W> {
                     return Flow::Continue;
                 }
                 Err((error, _)) => {
-                    let retry_in = backoff.next_delay();
+                    let retry_in = retry::next_pause(&mut backoff);
                     warn!(dlq = %self.config.dlq_topic, %error, ?retry_in, "dead letter not written; retrying");
                     tokio::select! {
                         () = shutdown.cancelled() => return Flow::Stop,

@@ -104,10 +104,10 @@ impl Pipeline {
                 payments_topic: self.payments.name().to_owned(),
                 dlq_topic: self.dlq.name().to_owned(),
                 group_id: self.group.clone(),
+                line_format: format,
                 ..Config::default()
             },
             instance: "test-0".into(),
-            format,
             metrics: Metrics::new(),
             health: Health::new(),
         }

@@ -12,7 +12,7 @@ use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use shop_kafka::KafkaArgs;
-use shop_runtime::{Health, LogFormat, Metrics};
+use shop_runtime::{Health, Metrics};
 use tokio_util::sync::CancellationToken;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -83,7 +83,6 @@ async fn a_broker_outage_is_waited_out_and_payments_after_it_are_printed() {
             ..Config::default()
         },
         instance: "outage-0".into(),
-        format: LogFormat::Text,
         metrics: Metrics::new(),
         health: health.clone(),
     };

@@ -9,7 +9,7 @@
 #[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct Config {
     /// Topic the orders are written to. Created with --partitions partitions when missing.
-    #[arg(long, env = "ORDERS_TOPIC", default_value = "order_topic", value_parser = parse_topic)]
+    #[arg(long, env = "ORDERS_TOPIC", default_value = "order_topic", value_parser = shop_kafka::topics::parse_topic)]
     pub orders_topic: String,
 
     /// Orders generated per second until a control record says otherwise; fractions
@@ -49,25 +49,6 @@ fn parse_rate(value: &str) -> Result<f64, String> {
         .parse()
         .map_err(|_| format!("{value:?} is not a number: {hint}"))?;
     shop_domain::validate_rate(rate).map_err(|error| format!("{error}: {hint}"))
-}
-
-/// A Kafka topic name: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
-fn parse_topic(value: &str) -> Result<String, String> {
-    let valid = !value.is_empty()
-        && value.len() <= 249
-        && value != "."
-        && value != ".."
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if valid {
-        Ok(value.to_owned())
-    } else {
-        Err(format!(
-            "{value:?} is not a Kafka topic name: use 1 to 249 letters, digits, '.', '_' or '-' \
-             (--orders-topic or ORDERS_TOPIC)"
-        ))
-    }
 }
 
 #[cfg(test)]

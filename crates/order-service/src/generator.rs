@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use rand::rngs::SmallRng;
 use rdkafka::producer::FutureProducer;
 use shop_domain::{ControlRecord, IdBlock, Pacer};
+use shop_kafka::context::ClientLog;
 use shop_kafka::heartbeat::{Heartbeats, Report};
 use shop_runtime::Health;
 use tokio::sync::watch;
@@ -63,7 +64,7 @@ impl Applied {
 /// Where order ids come from: blocks claimed on the id-block topic (see
 /// [`shop_kafka::ids`]).
 pub(crate) struct IdSource {
-    pub producer: FutureProducer,
+    pub producer: FutureProducer<ClientLog>,
     pub topic: String,
     pub pipeline: String,
     pub instance: String,

@@ -39,10 +39,10 @@ use rand::rngs::SmallRng;
 use rdkafka::producer::FutureProducer;
 use shop_domain::Pacer;
 use shop_kafka::KafkaArgs;
+use shop_kafka::context::ClientLog;
 use shop_kafka::heartbeat::{self, Heartbeats};
 use shop_kafka::topics::{TopicSpec, control_plane_topics, ensure_topics};
 use shop_runtime::retry::start_up;
-use shop_runtime::{Health, Metrics};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -59,18 +59,9 @@ pub const SERVICE: &str = "order-service";
 /// How long shutdown waits for the broker to acknowledge the orders already sent.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Everything [`run`] needs; built by `main` from flags, or by tests directly.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub kafka: KafkaArgs,
-    pub config: Config,
-    /// This replica's name in heartbeats and id-block claims.
-    pub instance: String,
-    /// Where the service registers its metrics (served on `/metrics` by `main`).
-    pub metrics: Metrics,
-    /// Readiness reported on `/readyz`: ready once ids are claimed and orders can flow.
-    pub health: Health,
-}
+/// Everything [`run`] needs; built by `main` from flags, or by tests directly. Ready
+/// (on `/readyz`) once ids are claimed and orders can flow.
+pub type Settings = shop_runtime::ServiceContext<KafkaArgs, Config>;
 
 /// Generates orders until `shutdown` is cancelled, then flushes and returns `Ok(())`.
 ///
@@ -186,13 +177,16 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
 
 /// The producer that claims id blocks: idempotent and `acks=all` like the order producer,
 /// and unbatched, because a claim is one record that the generator is waiting for.
-fn id_block_producer(kafka: &KafkaArgs, instance: &str) -> Result<FutureProducer, Error> {
+fn id_block_producer(
+    kafka: &KafkaArgs,
+    instance: &str,
+) -> Result<FutureProducer<ClientLog>, Error> {
     kafka
         .client_config(&format!("order-service-{instance}-ids"))
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "0")
-        .create()
+        .create_with_context(ClientLog::new("id-blocks"))
         .map_err(|source| Error::Producer {
             what: "id-block",
             bootstrap: kafka.bootstrap_servers.clone(),

@@ -1,9 +1,9 @@
-//! The order-service binary: parse flags, start logging and the probe server, run.
+//! The order-service binary: generates orders. Wiring only; the service is [`order_service::run`].
 
 use clap::Parser;
-use order_service::{Config, Settings};
+use order_service::Config;
 use shop_kafka::KafkaArgs;
-use shop_runtime::{CommonArgs, Health, Metrics, http};
+use shop_runtime::CommonArgs;
 
 /// Generates shop orders at a live-controlled rate and writes them to Kafka.
 #[derive(Parser, Debug)]
@@ -17,22 +17,16 @@ struct Cli {
     config: Config,
 }
 
+/// The port of /healthz, /readyz and /metrics unless `--http-port` says otherwise.
+const HTTP_PORT: u16 = 8081;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    shop_runtime::telemetry::init(cli.common.log_format)?;
-    let shutdown = shop_runtime::signal_token();
-    let listener = http::bind(cli.common.http_port_or(8081), CommonArgs::HTTP_PORT_HINT).await?;
-    let (health, metrics) = (Health::new(), Metrics::new());
-    let settings = Settings {
-        kafka: cli.kafka,
-        config: cli.config,
-        instance: cli.common.instance(),
-        metrics: metrics.clone(),
-        health: health.clone(),
-    };
-    let service = order_service::run(settings, shutdown);
-    let (result, served) = http::serve_during(listener, health, metrics, service).await;
-    result?;
-    Ok(served?)
+    let Cli {
+        common,
+        kafka,
+        config,
+    } = Cli::parse();
+    shop_runtime::run(common, HTTP_PORT, kafka, config, order_service::run).await?;
+    Ok(())
 }

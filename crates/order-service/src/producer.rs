@@ -26,9 +26,10 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 use rdkafka::types::RDKafkaErrorCode;
 use shop_domain::{Order, TraceParent};
 use shop_kafka::KafkaArgs;
+use shop_kafka::context::{ClientLog, Repeats};
 use shop_runtime::Health;
 use shop_runtime::metrics::Counter;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, warn};
 
 use crate::Error;
 use crate::metrics::OrderMetrics;
@@ -36,9 +37,9 @@ use crate::metrics::OrderMetrics;
 /// How long to wait before offering a held-back record to a full queue again.
 pub(crate) const BACKPRESSURE_RETRY: Duration = Duration::from_millis(2);
 
-/// At most one delivery failure is logged per this period; the others are counted and
-/// their number is given with the next logged one (a broker outage at 50 000 orders/s
-/// must not become 50 000 log lines a second).
+/// The same delivery failure is logged at most once per this period; the others are
+/// counted and their number is given with the next logged one (a broker outage at 50 000
+/// orders/s must not become 50 000 log lines a second).
 const FAILURE_LOG_PERIOD: Duration = Duration::from_secs(1);
 
 /// An order turned into what Kafka needs, kept until the producer has accepted it.
@@ -104,7 +105,8 @@ impl OrderProducer {
             topic: topic.to_owned(),
             produced: metrics.produced.clone(),
             failed: metrics.delivery_failed.clone(),
-            failure_log: Mutex::new(FailureLog::default()),
+            failure_log: Mutex::new(Repeats::new(FAILURE_LOG_PERIOD)),
+            log: ClientLog::new("orders-producer"),
             fatal: AtomicBool::new(false),
         };
         let producer = kafka
@@ -265,44 +267,14 @@ struct DeliveryContext {
     topic: String,
     produced: Counter,
     failed: Counter,
-    failure_log: Mutex<FailureLog>,
+    failure_log: Mutex<Repeats>,
+    log: ClientLog,
     fatal: AtomicBool,
-}
-
-#[derive(Default)]
-struct FailureLog {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl FailureLog {
-    /// `Some(failures not logged since the last logged one)` when this one should be.
-    fn admit(&mut self, now: Instant) -> Option<u64> {
-        if self
-            .last
-            .is_some_and(|last| now.duration_since(last) < FAILURE_LOG_PERIOD)
-        {
-            self.suppressed += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.suppressed))
-    }
 }
 
 impl ClientContext for DeliveryContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, detail: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => error!(facility, detail, "librdkafka"),
-            RDKafkaLogLevel::Warning => warn!(facility, detail, "librdkafka"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                info!(facility, detail, "librdkafka")
-            }
-            RDKafkaLogLevel::Debug => debug!(facility, detail, "librdkafka"),
-        }
+        self.log.log_line(level, facility, detail);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -316,7 +288,7 @@ impl ClientContext for DeliveryContext {
             error!(topic = %self.topic, %error, reason, "order producer failed fatally");
         } else {
             // Transient (broker down, request timed out): librdkafka retries by itself.
-            warn!(topic = %self.topic, %error, reason, "order producer error; retrying");
+            self.log.client_error(&error, reason);
         }
     }
 }
@@ -341,7 +313,7 @@ impl ProducerContext for DeliveryContext {
             .failure_log
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .admit(Instant::now());
+            .admit(&error.to_string(), Instant::now());
         if let Some(suppressed) = admitted {
             let order_id = message.key().and_then(|k| std::str::from_utf8(k).ok());
             warn!(
@@ -352,21 +324,5 @@ impl ProducerContext for DeliveryContext {
                 "order delivery failed"
             );
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn failure_log_admits_one_failure_per_period_and_counts_the_rest() {
-        let mut log = FailureLog::default();
-        let start = Instant::now();
-        assert_eq!(log.admit(start), Some(0));
-        assert_eq!(log.admit(start + Duration::from_millis(10)), None);
-        assert_eq!(log.admit(start + Duration::from_millis(20)), None);
-        assert_eq!(log.admit(start + FAILURE_LOG_PERIOD), Some(2));
-        assert_eq!(log.admit(start + FAILURE_LOG_PERIOD * 3), Some(0));
     }
 }

@@ -1,6 +1,4 @@
-//! The Kafka clients of the service and their configuration, plus the two helpers every
-//! broker call here needs: running librdkafka's blocking calls without stalling the
-//! runtime, and backing off while the broker is away.
+//! The Kafka clients of the service and their configuration.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -8,18 +6,14 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
 use shop_kafka::KafkaArgs;
+use shop_kafka::context::ClientLog;
 use shop_runtime::Health;
 
 use crate::batch::Batch;
 use crate::config::{Config, Delivery};
-use crate::context::{ClientLog, PaymentContext};
+use crate::context::PaymentContext;
 use crate::error::{Error, Result};
 use crate::metrics::ServiceMetrics;
-
-/// Timeout of one blocking broker call (transaction steps, offset commits, seeks). Calls
-/// that time out are retried, so this bounds how long the loop is deaf to shutdown and
-/// control changes during a broker outage, not how long it waits overall.
-pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long the broker keeps a transaction open without hearing from its producer. A
 /// crashed replica's open transaction (another Pod name, so no fencing) blocks
@@ -29,32 +23,6 @@ pub(crate) const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Session timeout of the consumer group: how long a crashed replica keeps its partitions
 /// before the group gives them to the others.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Whether `error` says the producer has no open transaction. The rebalance callback and
-/// the worker can both end a transaction (the callback aborts before partitions are
-/// revoked); whichever comes second finds none open, and that transaction is over.
-pub(crate) fn no_open_transaction(error: &rdkafka::error::KafkaError) -> bool {
-    matches!(
-        error,
-        rdkafka::error::KafkaError::Transaction(e)
-            if e.code() == rdkafka::types::RDKafkaErrorCode::State
-    )
-}
-
-/// Runs a blocking librdkafka call. On a multi-threaded runtime the worker hands its other
-/// tasks to other threads first (`block_in_place`); elsewhere (a current-thread runtime,
-/// a plain thread) it simply runs.
-pub(crate) fn blocking<T>(call: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(call)
-        }
-        _ => call(),
-    }
-}
-
-/// Pauses between retries: the runtime's, shared by every service.
-pub(crate) use shop_runtime::retry::Backoff;
 
 /// The producer of payments and dead letters: transactional in exactly-once mode (one
 /// transactional id per replica), idempotent at least once.
@@ -98,6 +66,7 @@ pub(crate) fn consumer(
     health: &Health,
 ) -> Result<StreamConsumer<PaymentContext>> {
     let context = PaymentContext {
+        log: ClientLog::new("orders-consumer"),
         batch: Arc::clone(batch),
         producer: Mutex::new(producer.clone()),
         delivery: config.delivery,
@@ -137,21 +106,4 @@ pub(crate) fn consumer(
             source: Box::new(source),
         })?;
     Ok(consumer)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_five_seconds() {
-        let mut backoff = Backoff::default();
-        let delays: Vec<_> = (0..8).map(|_| backoff.next_delay().as_millis()).collect();
-        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
-    }
-
-    #[test]
-    fn blocking_calls_run_outside_a_runtime_too() {
-        assert_eq!(blocking(|| 7), 7);
-    }
 }

@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use shop_kafka::topics::parse_topic;
+
 /// How payments are written, chosen with `--delivery`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Delivery {
@@ -24,15 +26,15 @@ pub enum Delivery {
 #[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct Config {
     /// Topic the orders are read from.
-    #[arg(long, env = "ORDERS_TOPIC", default_value = "order_topic", value_parser = parse_name)]
+    #[arg(long, env = "ORDERS_TOPIC", default_value = "order_topic", value_parser = parse_topic)]
     pub orders_topic: String,
 
     /// Topic the payments are written to.
-    #[arg(long, env = "PAYMENTS_TOPIC", default_value = "payment_topic", value_parser = parse_name)]
+    #[arg(long, env = "PAYMENTS_TOPIC", default_value = "payment_topic", value_parser = parse_topic)]
     pub payments_topic: String,
 
     /// Topic that receives orders that cannot be parsed or validated.
-    #[arg(long, env = "DLQ_TOPIC", default_value = "dead_letter_topic", value_parser = parse_name)]
+    #[arg(long, env = "DLQ_TOPIC", default_value = "dead_letter_topic", value_parser = parse_topic)]
     pub dlq_topic: String,
 
     /// Consumer group of the payment-service replicas; also the prefix of each replica's
@@ -109,11 +111,11 @@ pub fn parse_failure_ratio(value: &str) -> Result<f64, String> {
     }
 }
 
-/// A topic or group name: non-empty, without spaces or control characters.
+/// A group name: non-empty, without spaces or control characters.
 fn parse_name(value: &str) -> Result<String, String> {
     if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
         Err(format!(
-            "invalid name {value:?}: topic and group names are non-empty and without spaces"
+            "invalid name {value:?}: group names are non-empty and without spaces"
         ))
     } else {
         Ok(value.to_owned())

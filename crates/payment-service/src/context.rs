@@ -1,5 +1,6 @@
-//! Callbacks of the Kafka clients: librdkafka's logs into tracing, consumer lag from the
-//! client's statistics, and the rebalance rule that keeps payments exactly-once.
+//! Callbacks of the orders consumer: consumer lag from the client's statistics, and the
+//! rebalance rule that keeps payments exactly-once. librdkafka's logs go through
+//! `shop_kafka`'s shared `ClientLog`, as for every client.
 //!
 //! # Rebalances
 //!
@@ -33,73 +34,20 @@ use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::statistics::Statistics;
+use shop_kafka::context::ClientLog;
 use shop_runtime::Health;
-use tracing::{debug, error, info, warn};
+use shop_runtime::retry::{BlockingRetryable, ConstantBuilder};
+use tracing::{debug, info, warn};
 
 use crate::batch::Batch;
-use crate::clients::{CALL_TIMEOUT, blocking, no_open_transaction};
+use crate::calls::{CALL_TIMEOUT, blocking, no_open_transaction};
 use crate::config::Delivery;
 use crate::metrics::ServiceMetrics;
 
-/// Context of the producer: forwards librdkafka's logs and errors to tracing.
-#[derive(Debug)]
-pub(crate) struct ClientLog {
-    client: &'static str,
-    /// The last client error warned about: during an outage librdkafka reports the same
-    /// failure at every reconnection attempt, which is logged once.
-    last_error: Mutex<String>,
-}
-
-impl ClientLog {
-    pub fn new(client: &'static str) -> Self {
-        Self {
-            client,
-            last_error: Mutex::new(String::new()),
-        }
-    }
-}
-
-impl ClientContext for ClientLog {
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        log(self.client, level, facility, message);
-    }
-
-    /// Client-level errors (a broker went away, all brokers are down) are retried by
-    /// librdkafka itself; they are warnings, not failures of the service.
-    fn error(&self, error: KafkaError, reason: &str) {
-        let text = format!("{error}: {reason}");
-        let mut last = self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if *last == text {
-            debug!(client = self.client, %error, reason, "Kafka client error again");
-        } else {
-            warn!(client = self.client, %error, reason, "Kafka client error");
-            *last = text;
-        }
-    }
-}
-
-fn log(client: &'static str, level: RDKafkaLogLevel, facility: &str, message: &str) {
-    match level {
-        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
-            error!(client, facility, message, "librdkafka")
-        }
-        // librdkafka logs a failed connection as an error and then retries it; what the
-        // service cannot recover from reaches it as an error result instead.
-        RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning => {
-            warn!(client, facility, message, "librdkafka")
-        }
-        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-            info!(client, facility, message, "librdkafka")
-        }
-        RDKafkaLogLevel::Debug => debug!(client, facility, message, "librdkafka"),
-    }
-}
-
 /// Context of the orders consumer.
 pub(crate) struct PaymentContext {
+    /// librdkafka's log lines, as every client logs them.
+    pub log: ClientLog,
     pub batch: Arc<Mutex<Batch>>,
     /// The transactional producer in use, to abort the open transaction on revocation.
     /// The worker puts a new one here when it replaces a producer that turned fatal.
@@ -111,13 +59,13 @@ pub(crate) struct PaymentContext {
 }
 
 impl ClientContext for PaymentContext {
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        log("orders-consumer", level, facility, message);
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, detail: &str) {
+        self.log.log_line(level, facility, detail);
     }
 
     /// The same errors reach the processing loop through `recv`, which reports them.
     fn error(&self, error: KafkaError, reason: &str) {
-        debug!(client = "orders-consumer", %error, reason, "Kafka client error");
+        debug!(client = self.log.client(), %error, reason, "Kafka client error");
     }
 
     /// Consumer lag: the last stable offset minus the position, summed over this
@@ -208,22 +156,27 @@ impl PaymentContext {
 /// Aborts the open transaction, retrying a few times when the broker is slow. Returns
 /// whether there was one to abort.
 fn abort(producer: &FutureProducer<ClientLog>) -> Result<bool, KafkaError> {
-    blocking(|| {
-        let mut attempt = 0;
-        loop {
-            match producer.abort_transaction(CALL_TIMEOUT) {
-                // The worker committed or aborted it a moment ago: nothing is open.
-                Err(e) if no_open_transaction(&e) => return Ok(false),
-                Err(KafkaError::Transaction(e)) if e.is_retriable() && attempt < 3 => {
-                    attempt += 1;
-                    warn!(error = %e, attempt, "aborting the transaction failed; retrying");
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                result => return result.map(|()| true),
-            }
-        }
-    })
+    let mut attempt = 0;
+    let aborted = (|| producer.abort_transaction(CALL_TIMEOUT))
+        .retry(ABORT_RETRIES)
+        .when(|e| {
+            !no_open_transaction(e) && matches!(e, KafkaError::Transaction(e) if e.is_retriable())
+        })
+        .notify(|e, _| {
+            attempt += 1;
+            warn!(error = %e, attempt, "aborting the transaction failed; retrying");
+        });
+    match blocking(|| aborted.call()) {
+        // The worker committed or aborted it a moment ago: nothing is open.
+        Err(e) if no_open_transaction(&e) => Ok(false),
+        result => result.map(|()| true),
+    }
 }
+
+/// A rebalance waits for the abort, so it is retried only a few times, briefly.
+const ABORT_RETRIES: ConstantBuilder = ConstantBuilder::new()
+    .with_delay(Duration::from_millis(200))
+    .with_max_times(3);
 
 fn list(partitions: &TopicPartitionList) -> String {
     partitions

@@ -14,9 +14,10 @@
 //! - `process`: one order message → payment or dead letter (pure, unit-tested).
 //! - `worker`: the loop: consume, send, commit by time; retries, aborts, rewinds, drain.
 //! - `batch`: the open transaction's offsets and counts, shared with the rebalance callback.
-//! - `context`: the Kafka clients' callbacks: logs, consumer lag, and the rule that the
+//! - `context`: the orders consumer's callbacks: consumer lag, and the rule that the
 //!   open transaction is aborted before partitions are revoked.
-//! - `clients`: the producer and consumer configuration, blocking calls, backoff.
+//! - `clients`: the producer and consumer configuration.
+//! - `calls`: librdkafka's blocking calls, run without stalling the runtime.
 //! - `metrics`: Prometheus metrics and the heartbeat's report.
 //! - [`error`]: [`Error`], what ends [`run`] with a failure.
 //!
@@ -26,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 mod batch;
+mod calls;
 mod clients;
 pub mod config;
 mod context;
@@ -43,9 +45,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer};
 use shop_domain::ControlRecord;
 use shop_kafka::KafkaArgs;
+use shop_kafka::context::ClientLog;
 use shop_kafka::heartbeat::{self, Heartbeats};
 use shop_kafka::topics::{TopicSpec, control_plane_topics, ensure_topics};
-use shop_runtime::retry::start_up;
+use shop_runtime::retry::{self, Retryable, start_up};
 use shop_runtime::{Health, Metrics};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -56,7 +59,7 @@ pub use error::{Error, Result};
 pub use process::{DLQ_MAX_VALUE_BYTES, ORIGINAL_SIZE_HEADER};
 
 use crate::batch::Batch;
-use crate::clients::{Backoff, CALL_TIMEOUT, blocking};
+use crate::calls::{CALL_TIMEOUT, blocking};
 use crate::metrics::ServiceMetrics;
 use crate::process::DecisionSettings;
 use crate::worker::Worker;
@@ -64,19 +67,10 @@ use crate::worker::Worker;
 /// The service's name in heartbeats.
 pub const SERVICE: &str = "payment-service";
 
-/// Everything [`run`] needs from its caller.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub kafka: KafkaArgs,
-    pub config: Config,
-    /// This replica's name: part of its transactional id and heartbeat key.
-    pub instance: String,
-    /// The process's registry; `run` registers its metrics here.
-    pub metrics: Metrics,
-    /// Readiness, served on `/readyz`: ready once the producer is initialised and the
-    /// consumer holds an assignment.
-    pub health: Health,
-}
+/// Everything [`run`] needs from its caller. The instance is part of the transactional id;
+/// ready (on `/readyz`) once the producer is initialised and the consumer holds an
+/// assignment.
+pub type Settings = shop_runtime::ServiceContext<KafkaArgs, Config>;
 
 /// Runs payment-service until `shutdown` is cancelled, then commits the open transaction,
 /// leaves the group and returns `Ok(())`.
@@ -208,31 +202,26 @@ async fn serve(
 /// id and aborts the transaction it left open. Retried while the broker is away; returns
 /// `false` when shutdown came first.
 async fn init_transactions(
-    producer: &FutureProducer<context::ClientLog>,
+    producer: &FutureProducer<ClientLog>,
     transactional_id: &str,
     shutdown: &CancellationToken,
     health: &Health,
 ) -> Result<bool> {
-    let mut backoff = Backoff::default();
-    loop {
-        match blocking(|| producer.init_transactions(CALL_TIMEOUT)) {
-            Ok(()) => return Ok(true),
-            Err(KafkaError::Transaction(e)) if e.is_fatal() => {
-                return Err(Error::Transaction {
-                    transactional_id: transactional_id.to_owned(),
-                    doing: "initialising transactions",
-                    source: Box::new(KafkaError::Transaction(e)),
-                });
-            }
-            Err(error) => {
-                let delay = backoff.next_delay();
-                warn!(%transactional_id, %error, retry_in = ?delay, "initialising transactions failed; retrying");
-                health.set_ready(false, format!("initialising transactions: {error}"));
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(false),
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-    }
+    let attempt = || async { blocking(|| producer.init_transactions(CALL_TIMEOUT)) };
+    let initialised = attempt
+        .retry(retry::POLICY)
+        .when(|error| !matches!(error, KafkaError::Transaction(e) if e.is_fatal()))
+        .notify(|error, delay| {
+            warn!(%transactional_id, %error, retry_in = ?delay, "initialising transactions failed; retrying");
+            health.set_ready(false, format!("initialising transactions: {error}"));
+        });
+    let result = tokio::select! {
+        () = shutdown.cancelled() => return Ok(false),
+        result = initialised => result,
+    };
+    result.map(|()| true).map_err(|source| Error::Transaction {
+        transactional_id: transactional_id.to_owned(),
+        doing: "initialising transactions",
+        source: Box::new(source),
+    })
 }

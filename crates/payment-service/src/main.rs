@@ -1,10 +1,9 @@
-//! The payment-service binary: parses flags, starts logging, turns signals into a
-//! shutdown token, serves `/healthz`, `/readyz` and `/metrics`, and runs the service.
+//! The payment-service binary: decides payments. Wiring only; the service is [`payment_service::run`].
 
 use clap::Parser;
-use payment_service::{Config, Settings};
+use payment_service::Config;
 use shop_kafka::KafkaArgs;
-use shop_runtime::{CommonArgs, Health, Metrics};
+use shop_runtime::CommonArgs;
 
 /// Decides the payment of every order, exactly once, in Kafka transactions.
 #[derive(Parser, Debug)]
@@ -18,24 +17,16 @@ struct Cli {
     config: Config,
 }
 
+/// The port of /healthz, /readyz and /metrics unless `--http-port` says otherwise.
+const HTTP_PORT: u16 = 8082;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    shop_runtime::telemetry::init(cli.common.log_format)?;
-    let shutdown = shop_runtime::signal_token();
-    let listener =
-        shop_runtime::http::bind(cli.common.http_port_or(8082), CommonArgs::HTTP_PORT_HINT).await?;
-    let (health, metrics) = (Health::new(), Metrics::new());
-    let settings = Settings {
-        kafka: cli.kafka,
-        config: cli.config,
-        instance: cli.common.instance(),
-        metrics: metrics.clone(),
-        health: health.clone(),
-    };
-    let service = payment_service::run(settings, shutdown);
-    let (result, served) =
-        shop_runtime::http::serve_during(listener, health, metrics, service).await;
-    result?;
-    Ok(served?)
+    let Cli {
+        common,
+        kafka,
+        config,
+    } = Cli::parse();
+    shop_runtime::run(common, HTTP_PORT, kafka, config, payment_service::run).await?;
+    Ok(())
 }

@@ -25,17 +25,20 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use shop_domain::ControlRecord;
 use shop_kafka::KafkaArgs;
+use shop_kafka::context::ClientLog;
 use shop_kafka::heartbeat::Heartbeats;
 use shop_runtime::Health;
+use shop_runtime::retry;
 use tokio::sync::watch;
 use tokio::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::batch::Batch;
-use crate::clients::{self, Backoff, CALL_TIMEOUT, blocking, no_open_transaction};
+use crate::calls::{CALL_TIMEOUT, blocking, no_open_transaction};
+use crate::clients;
 use crate::config::{Config, Delivery};
-use crate::context::{ClientLog, PaymentContext};
+use crate::context::PaymentContext;
 use crate::error::{Error, Result};
 use crate::metrics::{Applied, ServiceMetrics};
 use crate::process::{DecisionSettings, Destination, Outgoing, Processed, process};
@@ -335,7 +338,7 @@ impl Worker {
                 group: self.config.group_id.clone(),
             })?;
         let mut offsets_sent = offsets.count() == 0;
-        let mut backoff = Backoff::default();
+        let mut backoff = retry::pauses();
         let started = Instant::now();
         self.await_acknowledgements().await;
         loop {
@@ -363,7 +366,7 @@ impl Worker {
             match fate(&error) {
                 Fate::Fatal => return Err(self.transaction_error("committing", error)),
                 Fate::Retry if !self.drain_expired(shutdown) => {
-                    let delay = backoff.next_delay();
+                    let delay = retry::next_pause(&mut backoff);
                     warn!(%error, retry_in = ?delay, "committing the transaction failed; retrying");
                     pause(delay, shutdown).await;
                 }
@@ -390,7 +393,7 @@ impl Worker {
     /// Aborts the open transaction and rewinds the consumer to the batch's first offsets,
     /// so its orders are processed again.
     async fn abort_and_rewind(&mut self, shutdown: &CancellationToken) -> Result<()> {
-        let mut backoff = Backoff::default();
+        let mut backoff = retry::pauses();
         let aborted_here = loop {
             let producer = &self.producer;
             match blocking(|| producer.abort_transaction(CALL_TIMEOUT)) {
@@ -419,7 +422,7 @@ impl Worker {
                         return Ok(());
                     }
                     _ => {
-                        let delay = backoff.next_delay();
+                        let delay = retry::next_pause(&mut backoff);
                         warn!(%error, retry_in = ?delay, "aborting the transaction failed; retrying");
                         pause(delay, shutdown).await;
                     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use shop_kafka::context::ClientLog;
 
 use rdkafka::{Offset, TopicPartitionList};
 use shop_domain::Heartbeat;
@@ -35,11 +36,11 @@ fn progress_blocking(
     topic: &str,
     group: &str,
 ) -> shop_kafka::Result<Option<(i64, i64)>> {
-    let consumer: BaseConsumer = kafka
+    let consumer: BaseConsumer<ClientLog> = kafka
         .client_config("shop-controller-observer")
         .set("group.id", group)
         .set("enable.auto.commit", "false")
-        .create()
+        .create_with_context(ClientLog::new("progress-observer"))
         .map_err(|source| shop_kafka::Error::Client {
             bootstrap: kafka.bootstrap_servers.clone(),
             source,
@@ -95,14 +96,14 @@ fn progress_blocking(
 /// producer: asking a producer for a missing topic's metadata lets the broker create it
 /// (librdkafka's `allow.auto.create.topics` is true for producers), and a topic being
 /// swept must stay gone.
-pub type Observer = Arc<BaseConsumer>;
+pub type Observer = Arc<BaseConsumer<ClientLog>>;
 
 /// Makes the [`Observer`].
 pub fn observer(kafka: &KafkaArgs) -> shop_kafka::Result<Observer> {
-    let consumer: BaseConsumer = kafka
+    let consumer: BaseConsumer<ClientLog> = kafka
         .client_config("shop-controller-observer")
         .set("allow.auto.create.topics", "false")
-        .create()
+        .create_with_context(ClientLog::new("observer"))
         .map_err(|source| shop_kafka::Error::Client {
             bootstrap: kafka.bootstrap_servers.clone(),
             source,

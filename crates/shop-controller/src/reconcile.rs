@@ -27,6 +27,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use shop_domain::ControlRecord;
 use shop_kafka::KafkaArgs;
 use shop_kafka::compacted::FollowedTable;
+use shop_kafka::context::ClientLog;
 use shop_kafka::topics::{ensure_topics, grow_partitions};
 use shop_runtime::CancellationToken;
 use shop_runtime::Metrics;
@@ -100,7 +101,7 @@ pub struct Context {
     pub defaults: Defaults,
     /// The controller's own view of Kafka (its address may differ from the Pods').
     pub kafka: KafkaArgs,
-    pub producer: FutureProducer,
+    pub producer: FutureProducer<ClientLog>,
     /// Metadata and watermarks ([`observe::Observer`]).
     pub observer: observe::Observer,
     /// The latest control record per pipeline key, as in the compacted control topic.
@@ -181,10 +182,10 @@ impl Context {
         board: Board,
         shutdown: CancellationToken,
     ) -> Result<Self, shop_kafka::Error> {
-        let producer: FutureProducer = kafka
+        let producer: FutureProducer<ClientLog> = kafka
             .client_config("shop-controller")
             .set("enable.idempotence", "true")
-            .create()
+            .create_with_context(ClientLog::new("control-producer"))
             .map_err(|source| shop_kafka::Error::Client {
                 bootstrap: kafka.bootstrap_servers.clone(),
                 source,

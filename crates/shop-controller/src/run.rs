@@ -35,11 +35,13 @@ pub struct Config {
     pub pipeline_bootstrap_servers: Option<String>,
 
     /// Compacted topic of control records.
-    #[arg(long, env = "CONTROL_TOPIC", default_value = CONTROL_TOPIC)]
+    #[arg(long, env = "CONTROL_TOPIC", default_value = CONTROL_TOPIC,
+          value_parser = shop_kafka::topics::parse_topic)]
     pub control_topic: String,
 
     /// Compacted topic of the replicas' heartbeats.
-    #[arg(long, env = "HEARTBEAT_TOPIC", default_value = HEARTBEAT_TOPIC)]
+    #[arg(long, env = "HEARTBEAT_TOPIC", default_value = HEARTBEAT_TOPIC,
+          value_parser = shop_kafka::topics::parse_topic)]
     pub heartbeat_topic: String,
 
     /// Images are `<repository>/<service>:<tag>`.

@@ -18,10 +18,10 @@ use std::time::Duration;
 use kube::Api;
 use kube::api::ListParams;
 use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureRecord;
 use rdkafka::types::RDKafkaErrorCode;
+use shop_kafka::context::ClientLog;
 use tracing::{info, warn};
 
 use crate::crd::ShopPipeline;
@@ -87,7 +87,9 @@ pub async fn sweep(
         .collect();
     let kafka = ctx.kafka.clone();
     let topics = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
-        let consumer: BaseConsumer = kafka.client_config("shop-controller-sweep").create()?;
+        let consumer: BaseConsumer<ClientLog> = kafka
+            .client_config("shop-controller-sweep")
+            .create_with_context(ClientLog::new("sweep"))?;
         let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
         Ok(metadata
             .topics()
@@ -100,8 +102,10 @@ pub async fn sweep(
     if doomed.is_empty() {
         return Ok(doomed);
     }
-    let admin: AdminClient<DefaultClientContext> =
-        ctx.kafka.client_config("shop-controller-sweep").create()?;
+    let admin: AdminClient<ClientLog> = ctx
+        .kafka
+        .client_config("shop-controller-sweep")
+        .create_with_context(ClientLog::new("sweep-admin"))?;
     let names: Vec<&str> = doomed.iter().map(String::as_str).collect();
     let mut failed = BTreeSet::new();
     for result in admin.delete_topics(&names, &AdminOptions::new()).await? {

@@ -85,22 +85,22 @@ impl TraceParent {
     /// trace or span id. Versions above 00 are read by their 00 prefix, as the spec asks.
     pub fn parse(value: &str) -> Option<TraceParent> {
         let mut parts = value.split('-');
-        let version: [u8; 1] = decode_hex(parts.next()?)?;
-        let trace_id: [u8; 16] = decode_hex(parts.next()?)?;
-        let span_id: [u8; 8] = decode_hex(parts.next()?)?;
-        let [flags]: [u8; 1] = decode_hex(parts.next()?)?;
+        let version = hex(parts.next()?, 2)?;
+        let trace_id = hex(parts.next()?, 32)?;
+        let span_id = hex(parts.next()?, 16)?;
+        let flags = hex(parts.next()?, 2)?;
         let has_more = parts.next().is_some();
-        let valid = match version[0] {
+        let valid = match version {
             0xff => false,
             // Version 00 has exactly four fields; later versions may append more.
             0x00 => !has_more,
             _ => true,
         };
-        let ids_set = trace_id != [0; 16] && span_id != [0; 8];
-        (valid && ids_set).then_some(TraceParent {
-            trace_id,
-            span_id,
+        let ids_set = trace_id != 0 && span_id != 0;
+        (valid && ids_set).then(|| TraceParent {
             sampled: flags & 1 == 1,
+            // The lengths were checked: the ids fit.
+            ..TraceParent::from_ids(trace_id, u64::try_from(span_id).unwrap_or_default())
         })
     }
 }
@@ -117,25 +117,13 @@ impl fmt::Display for TraceParent {
     }
 }
 
-/// Decodes exactly `2 * N` lowercase hex digits.
-fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
-    let digits = text.as_bytes();
-    if digits.len() != 2 * N {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
-        *byte = (hex_digit(pair[0])? << 4) | hex_digit(pair[1])?;
-    }
-    Some(out)
-}
-
-fn hex_digit(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    }
+/// The number written as exactly `digits` lowercase hex digits. `from_str_radix` alone
+/// would also take a sign and upper case, which `traceparent` forbids.
+fn hex(text: &str, digits: usize) -> Option<u128> {
+    let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    (text.len() == digits && text.bytes().all(lower_hex))
+        .then(|| u128::from_str_radix(text, 16).ok())
+        .flatten()
 }
 
 #[cfg(test)]

@@ -7,58 +7,40 @@
 
 use std::time::{Duration, SystemTime};
 
-/// `time` as RFC 3339 in UTC with milliseconds.
+use jiff::Timestamp;
+use jiff::civil::DateTime;
+use jiff::tz::TimeZone;
+
+/// `time` as RFC 3339 in UTC with milliseconds (times beyond jiff's years -9999..=9999
+/// are written as its first or last instant).
 pub fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_millis(time).to_string()
+    let timestamp = Timestamp::try_from(time).unwrap_or(if time < SystemTime::UNIX_EPOCH {
+        Timestamp::MIN
+    } else {
+        Timestamp::MAX
+    });
+    format!("{timestamp:.3}")
 }
 
 /// Parses an RFC 3339 timestamp with `Z` or a numeric offset (`+02:00`), or none
 /// (taken as UTC); `None` when it is not one or lies before 1970.
 pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
-    let (local, offset) = split_offset(text);
-    let local = humantime::parse_rfc3339_weak(local).ok()?;
-    // Local time = UTC + offset, so UTC = local - offset.
-    if offset >= 0 {
-        local.checked_sub(Duration::from_secs(offset.unsigned_abs()))
-    } else {
-        local.checked_add(Duration::from_secs(offset.unsigned_abs()))
-    }
+    let timestamp = match text.parse::<Timestamp>() {
+        Ok(timestamp) => timestamp,
+        Err(_) => text
+            .parse::<DateTime>()
+            .ok()?
+            .to_zoned(TimeZone::UTC)
+            .ok()?
+            .timestamp(),
+    };
+    (timestamp >= Timestamp::UNIX_EPOCH).then(|| SystemTime::from(timestamp))
 }
 
 /// The time elapsed from the timestamp `since` to `now`: the latency of an event
 /// stamped `since`. `None` when the timestamp is invalid or in the future (clock skew).
 pub fn elapsed_since(since: &str, now: SystemTime) -> Option<Duration> {
     now.duration_since(parse_rfc3339(since)?).ok()
-}
-
-/// Splits a trailing `±HH:MM` offset off, returning it in seconds. `Z` and `+00:00` are
-/// left for humantime, which reads them.
-fn split_offset(text: &str) -> (&str, i64) {
-    let Some(at) = text.len().checked_sub(6) else {
-        return (text, 0);
-    };
-    let (Some(local), Some(suffix)) = (text.get(..at), text.get(at..)) else {
-        return (text, 0);
-    };
-    let bytes = suffix.as_bytes();
-    let sign = match bytes[0] {
-        b'+' => 1,
-        b'-' => -1,
-        _ => return (text, 0),
-    };
-    let digits = |a: u8, b: u8| -> Option<i64> {
-        (a.is_ascii_digit() && b.is_ascii_digit()).then(|| i64::from((a - b'0') * 10 + (b - b'0')))
-    };
-    match (
-        digits(bytes[1], bytes[2]),
-        bytes[3],
-        digits(bytes[4], bytes[5]),
-    ) {
-        (Some(hours), b':', Some(minutes)) if hours < 24 && minutes < 60 => {
-            (local, sign * (hours * 3600 + minutes * 60))
-        }
-        _ => (text, 0),
-    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use shop_domain::{ControlRecord, Order, Payment};
 use shop_kafka::KafkaArgs;
-use shop_runtime::{CancellationToken, Health, LogFormat, Metrics};
+use shop_runtime::{CancellationToken, Health, Metrics};
 use shop_testkit::{TestTopic, testbed, unique_name};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -117,7 +117,6 @@ async fn every_order_becomes_exactly_one_payment_and_one_notification() {
             kafka: kafka.clone(),
             config: notification_config,
             instance: "notifications-0".into(),
-            format: LogFormat::Text,
             metrics: Metrics::new(),
             health: Health::new(),
         },

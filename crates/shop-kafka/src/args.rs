@@ -6,6 +6,8 @@
 use rdkafka::ClientConfig;
 use shop_domain::control::{CONTROL_TOPIC, HEARTBEAT_TOPIC, ID_BLOCK_TOPIC};
 
+use crate::topics::parse_topic;
+
 /// Flags (with environment fallbacks) that say where Kafka is and which pipeline this
 /// process belongs to.
 #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
@@ -21,15 +23,15 @@ pub struct KafkaArgs {
     pub pipeline: String,
 
     /// Compacted topic of control records (rate, failure ratio, pause, seed).
-    #[arg(long, env = "CONTROL_TOPIC", default_value = CONTROL_TOPIC)]
+    #[arg(long, env = "CONTROL_TOPIC", default_value = CONTROL_TOPIC, value_parser = parse_topic)]
     pub control_topic: String,
 
     /// Compacted topic where every replica reports what it applied and counted.
-    #[arg(long, env = "HEARTBEAT_TOPIC", default_value = HEARTBEAT_TOPIC)]
+    #[arg(long, env = "HEARTBEAT_TOPIC", default_value = HEARTBEAT_TOPIC, value_parser = parse_topic)]
     pub heartbeat_topic: String,
 
     /// Topic whose offsets number the blocks of order ids.
-    #[arg(long, env = "ID_BLOCK_TOPIC", default_value = ID_BLOCK_TOPIC)]
+    #[arg(long, env = "ID_BLOCK_TOPIC", default_value = ID_BLOCK_TOPIC, value_parser = parse_topic)]
     pub id_block_topic: String,
 }
 

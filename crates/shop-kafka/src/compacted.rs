@@ -16,7 +16,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::context::QuietEof;
+use crate::context::ClientLog;
 
 /// How many changed keys a [`FollowedTable`] keeps for receivers that are behind.
 const CHANGES: usize = 1024;
@@ -41,12 +41,12 @@ fn read_table_blocking(
     timeout: Duration,
 ) -> Result<BTreeMap<String, Vec<u8>>> {
     let deadline = Instant::now() + timeout;
-    let consumer: BaseConsumer<QuietEof> = args
+    let consumer: BaseConsumer<ClientLog> = args
         .client_config("shopstream-table-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("group.id", "shopstream-table-reader")
-        .create_with_context(QuietEof)
+        .create_with_context(ClientLog::new("table-reader"))
         .map_err(|source| Error::Client {
             bootstrap: args.bootstrap_servers.clone(),
             source,
@@ -156,13 +156,13 @@ impl FollowedTable {
         catch_up: Duration,
         shutdown: CancellationToken,
     ) -> Result<Self> {
-        let consumer: StreamConsumer<QuietEof> = args
+        let consumer: StreamConsumer<ClientLog> = args
             .client_config("shopstream-table-follower")
             .set("group.id", "shopstream-table-follower")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", "50")
-            .create_with_context(QuietEof)
+            .create_with_context(ClientLog::new("table-follower"))
             .map_err(|source| Error::Client {
                 bootstrap: args.bootstrap_servers.clone(),
                 source,
@@ -232,7 +232,7 @@ impl FollowedTable {
 
     async fn run(
         self,
-        consumer: StreamConsumer<QuietEof>,
+        consumer: StreamConsumer<ClientLog>,
         topic: String,
         mut pending_eof: HashSet<i32>,
         caught_up: tokio::sync::oneshot::Sender<()>,

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::compacted::partitions_of;
-use crate::context::QuietEof;
+use crate::context::ClientLog;
 use crate::{Error, KafkaArgs, Result};
 
 /// How long `follow` waits for the initial read to reach the end of the topic before it
@@ -38,13 +38,13 @@ pub async fn follow(
     args: &KafkaArgs,
     shutdown: CancellationToken,
 ) -> Result<watch::Receiver<Option<ControlRecord>>> {
-    let consumer: StreamConsumer<QuietEof> = args
+    let consumer: StreamConsumer<ClientLog> = args
         .client_config("shopstream-control")
         .set("group.id", "shopstream-control-follower")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("fetch.wait.max.ms", "10")
-        .create_with_context(QuietEof)
+        .create_with_context(ClientLog::new("control"))
         .map_err(|source| Error::Client {
             bootstrap: args.bootstrap_servers.clone(),
             source,
@@ -101,7 +101,7 @@ struct Follower {
 }
 
 impl Follower {
-    async fn run(mut self, consumer: StreamConsumer<QuietEof>, shutdown: CancellationToken) {
+    async fn run(mut self, consumer: StreamConsumer<ClientLog>, shutdown: CancellationToken) {
         loop {
             let received = tokio::select! {
                 () = shutdown.cancelled() => return,

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::context::ClientLog;
 use crate::{Error, KafkaArgs, Result};
 
 /// How often a replica reports when nothing changes.
@@ -52,10 +53,10 @@ impl Heartbeats {
         report: impl Fn() -> Report + Send + 'static,
         shutdown: CancellationToken,
     ) -> Result<Self> {
-        let producer: FutureProducer = args
+        let producer: FutureProducer<ClientLog> = args
             .client_config(&format!("{service}-heartbeat"))
             .set("linger.ms", "0")
-            .create()
+            .create_with_context(ClientLog::new("heartbeat"))
             .map_err(|source| Error::Client {
                 bootstrap: args.bootstrap_servers.clone(),
                 source,
@@ -87,7 +88,7 @@ impl Heartbeats {
 }
 
 struct Publisher {
-    producer: FutureProducer,
+    producer: FutureProducer<ClientLog>,
     topic: String,
     key: String,
     identity: (String, String, String),

@@ -8,14 +8,15 @@
 
 use std::time::Duration;
 
+use rdkafka::client::ClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use shop_domain::IdBlock;
 
 use crate::{Error, Result};
 
 /// Claims the next block of order ids for `pipeline`, writing who claimed it.
-pub async fn claim_block(
-    producer: &FutureProducer,
+pub async fn claim_block<C: ClientContext + 'static>(
+    producer: &FutureProducer<C>,
     topic: &str,
     pipeline: &str,
     instance: &str,

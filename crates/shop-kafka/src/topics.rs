@@ -9,9 +9,9 @@
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 
+use crate::context::ClientLog;
 use crate::{Error, KafkaArgs, Result};
 
 /// What a topic should look like when it has to be created.
@@ -60,9 +60,9 @@ pub fn control_plane_topics(args: &KafkaArgs) -> Vec<TopicSpec> {
 /// Creates each topic that does not exist yet (replication factor 1 is not assumed: the
 /// broker's default replication factor is used).
 pub async fn ensure_topics(args: &KafkaArgs, topics: &[TopicSpec]) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = args
+    let admin: AdminClient<ClientLog> = args
         .client_config("shopstream-admin")
-        .create()
+        .create_with_context(ClientLog::new("admin"))
         .map_err(|source| Error::Client {
             bootstrap: args.bootstrap_servers.clone(),
             source,
@@ -105,9 +105,9 @@ pub async fn ensure_topics(args: &KafkaArgs, topics: &[TopicSpec]) -> Result<()>
 /// can add partitions, never remove them; a topic with more is left as it is). Topics that
 /// do not exist are skipped: [`ensure_topics`] creates them. Returns the topics grown.
 pub async fn grow_partitions(args: &KafkaArgs, topics: &[TopicSpec]) -> Result<Vec<String>> {
-    let admin: AdminClient<DefaultClientContext> = args
+    let admin: AdminClient<ClientLog> = args
         .client_config("shopstream-admin")
-        .create()
+        .create_with_context(ClientLog::new("admin"))
         .map_err(|source| Error::Client {
             bootstrap: args.bootstrap_servers.clone(),
             source,
@@ -163,10 +163,55 @@ pub async fn grow_partitions(args: &KafkaArgs, topics: &[TopicSpec]) -> Result<V
     Ok(grown)
 }
 
+/// A Kafka topic name as the broker accepts it: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or
+/// `..`. The value parser of every topic flag, so a bad name stops the process at start
+/// with a message that says what to write (clap adds the flag).
+pub fn parse_topic(value: &str) -> std::result::Result<String, String> {
+    let valid = !value.is_empty()
+        && value.len() <= 249
+        && value != "."
+        && value != ".."
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "{value:?} is not a Kafka topic name: use 1 to 249 letters, digits, '.', '_' or '-'"
+        ))
+    }
+}
+
 fn names(topics: &[TopicSpec]) -> String {
     topics
         .iter()
         .map(|t| t.name.as_str())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_kafka_accepts_are_accepted() {
+        for name in [
+            "order_topic",
+            "shop.demo.orders",
+            "a-b_c.1",
+            &"x".repeat(249),
+        ] {
+            assert_eq!(parse_topic(name).as_deref(), Ok(name));
+        }
+    }
+
+    #[test]
+    fn topic_names_kafka_refuses_are_refused_saying_what_to_write() {
+        for name in ["", ".", "..", "a b", "orders/x", "café", &"x".repeat(250)] {
+            let error = parse_topic(name).unwrap_err();
+            assert!(error.contains("1 to 249 letters"), "{name}: {error}");
+        }
+    }
 }

@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::retry::{BackoffBuilder, ExponentialBuilder};
 
 /// How long a client may take to send its request head; also how long a response still
 /// being sent may take to finish once the server stops.
@@ -41,11 +42,13 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 
 const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
-/// Accept failures that are not about the listener (the client went away first).
-const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(100);
-/// Consecutive accept failures are retried with a doubling pause until the pause would
-/// exceed this (about 13 s in all); then [`serve`] gives up.
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(6_400);
+/// Consecutive accept failures (other than a client gone before it was accepted) are
+/// retried with the runtime's pauses, 100 ms doubling, seven times (about 13 s in all);
+/// then [`serve`] gives up.
+const ACCEPT_RETRIES: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(crate::retry::FIRST)
+    .with_max_delay(Duration::from_millis(6_400))
+    .with_max_times(7);
 
 /// Whether the process is ready to take work, and if not, why. Shared between the service
 /// (which decides) and the HTTP server (which reports on `/readyz`).
@@ -240,7 +243,7 @@ pub async fn serve_router(
     let addr = listener.local_addr()?;
     tracing::info!(addr = %addr, "serving HTTP (/healthz, /readyz, /metrics)");
     let connections = TaskTracker::new();
-    let mut backoff = ACCEPT_BACKOFF_START;
+    let mut pauses = ACCEPT_RETRIES.build();
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -248,7 +251,7 @@ pub async fn serve_router(
         };
         match accepted {
             Ok((stream, peer)) => {
-                backoff = ACCEPT_BACKOFF_START;
+                pauses = ACCEPT_RETRIES.build();
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(IO_TIMEOUT)
@@ -279,16 +282,15 @@ pub async fn serve_router(
                 tracing::debug!(error = %error, "connection failed before it was accepted");
             }
             Err(error) => {
-                if backoff > ACCEPT_BACKOFF_MAX {
+                let Some(backoff) = pauses.next() else {
                     tracing::error!(addr = %addr, error = %error, "HTTP server cannot accept connections; giving up");
                     return Err(error);
-                }
+                };
                 tracing::warn!(addr = %addr, error = %error, retry_in = ?backoff, "HTTP server cannot accept a connection");
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(backoff) => {}
                 }
-                backoff *= 2;
             }
         }
     }

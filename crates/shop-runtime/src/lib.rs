@@ -17,10 +17,13 @@
 //!   Drop-based [`Timer`].
 //! - [`http`]: [`Health`] and [`serve`], a small HTTP/1.1 responder for probes and scrapes.
 //! - [`retry`]: [`retry::start_up`], the one way a service waits for what it needs at
-//!   start (the broker), not ready meanwhile, and [`retry::Backoff`].
+//!   start (the broker), not ready meanwhile, and [`retry::POLICY`], the one retry policy.
+//! - [`service`]: [`ServiceContext`], what a service's `run` is handed, and [`run`], the
+//!   whole `main` of a service around it.
 //! - [`error`]: the crate's [`Error`] and [`Result`].
 //!
-//! A binary wires them like this:
+//! A service's `main` is a call of [`run`]; another binary (the controller) wires them like
+//! this:
 //!
 //! ```no_run
 //! use shop_runtime::{CommonArgs, Health, Metrics};
@@ -52,6 +55,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod retry;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 
@@ -59,5 +63,6 @@ pub use config::CommonArgs;
 pub use error::{Error, Result};
 pub use http::{Health, serve};
 pub use metrics::{Metrics, Timer};
+pub use service::{RunError, ServiceContext, run};
 pub use shutdown::{CancellationToken, signal_token};
 pub use telemetry::LogFormat;

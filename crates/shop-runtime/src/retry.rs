@@ -7,39 +7,37 @@ use std::fmt::Display;
 use std::future::Future;
 use std::time::Duration;
 
+pub use backon::{
+    BackoffBuilder, BlockingRetryable, ConstantBuilder, ExponentialBackoff, ExponentialBuilder,
+    Retryable,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::Health;
 
-/// Doubling pauses between attempts, from 100 ms to 5 s: quick recovery from a blip, no
-/// busy loop during an outage.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
+/// The first pause of [`POLICY`].
+pub const FIRST: Duration = Duration::from_millis(100);
+/// The longest pause of [`POLICY`].
+pub const MAX: Duration = Duration::from_secs(5);
+
+/// The retry policy of every service: pauses doubling from 100 ms to 5 s, without jitter
+/// and without end (shutdown ends a retry, not a count): quick recovery from a blip, no
+/// busy loop during an outage. Loops that decide per error what to do next take its
+/// pauses one by one from [`pauses`]; simple ones use `backon`'s [`Retryable`] with it.
+pub const POLICY: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(FIRST)
+    .with_max_delay(MAX)
+    .without_max_times();
+
+/// A fresh sequence of [`POLICY`]'s pauses (build a new one to start over after a success).
+pub fn pauses() -> ExponentialBackoff {
+    POLICY.build()
 }
 
-impl Default for Backoff {
-    fn default() -> Self {
-        Self { next: Self::FIRST }
-    }
-}
-
-impl Backoff {
-    pub const FIRST: Duration = Duration::from_millis(100);
-    pub const MAX: Duration = Duration::from_secs(5);
-
-    /// The pause before the next attempt.
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        delay
-    }
-
-    /// Starts over at the first pause, after a success.
-    pub fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
+/// The next pause of `pauses`; [`POLICY`] never runs out, so [`MAX`] is only a formality.
+pub fn next_pause(pauses: &mut ExponentialBackoff) -> Duration {
+    pauses.next().unwrap_or(MAX)
 }
 
 /// Runs the start-up step `what` until it succeeds (`Some`) or `shutdown` comes (`None`),
@@ -48,32 +46,22 @@ pub async fn start_up<T, E, F, Fut>(
     what: &str,
     shutdown: &CancellationToken,
     health: &Health,
-    mut attempt: F,
+    attempt: F,
 ) -> Option<T>
 where
     E: Display,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let mut backoff = Backoff::default();
     health.set_ready(false, what);
-    loop {
-        let result = tokio::select! {
-            () = shutdown.cancelled() => return None,
-            result = attempt() => result,
-        };
-        match result {
-            Ok(value) => return Some(value),
-            Err(error) => {
-                let delay = backoff.next_delay();
-                warn!(step = what, %error, retry_in = ?delay, "start-up step failed; retrying");
-                health.set_ready(false, format!("{what}: {error}"));
-                tokio::select! {
-                    () = shutdown.cancelled() => return None,
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
+    let attempts = attempt.retry(POLICY).notify(|error: &E, delay: Duration| {
+        warn!(step = what, %error, retry_in = ?delay, "start-up step failed; retrying");
+        health.set_ready(false, format!("{what}: {error}"));
+    });
+    tokio::select! {
+        () = shutdown.cancelled() => None,
+        // The policy has no end, so an attempt that fails is always tried again.
+        result = attempts => result.ok(),
     }
 }
 
@@ -83,14 +71,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pauses_double_up_to_the_cap_and_reset() {
-        let mut backoff = Backoff::default();
-        let delays: Vec<_> = (0..8).map(|_| backoff.next_delay()).collect();
-        assert_eq!(delays[0], Backoff::FIRST);
-        assert_eq!(delays[1], Backoff::FIRST * 2);
-        assert_eq!(delays[7], Backoff::MAX);
-        backoff.reset();
-        assert_eq!(backoff.next_delay(), Backoff::FIRST);
+    fn pauses_double_from_100_ms_up_to_5_s_and_never_end() {
+        let mut pauses = pauses();
+        let delays: Vec<_> = (0..8)
+            .map(|_| next_pause(&mut pauses).as_millis())
+            .collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(pauses.nth(1_000), Some(MAX));
     }
 
     #[tokio::test(start_paused = true)]

@@ -14,7 +14,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use shop_domain::{ControlRecord, InvalidMessage, Order, Payment};
 use shop_kafka::KafkaArgs;
 use shop_kafka::compacted::read_table;
-use shop_kafka::context::QuietEof;
+use shop_kafka::context::ClientLog;
 use shop_kafka::topics::{TopicSpec, ensure_topics};
 use tracing::{debug, info, warn};
 
@@ -170,12 +170,12 @@ fn sample_payments(
     wanted: u64,
     deadline: Instant,
 ) -> Result<Sample> {
-    let consumer: BaseConsumer<QuietEof> = kafka
+    let consumer: BaseConsumer<ClientLog> = kafka
         .client_config("shopctl-verify")
         .set("group.id", "shopctl-verify")
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
-        .create_with_context(QuietEof)
+        .create_with_context(ClientLog::new("shopctl"))
         .map_err(|source| Error::Consumer {
             bootstrap: kafka.bootstrap_servers.clone(),
             source,
@@ -359,7 +359,7 @@ pub async fn audit(kafka: &KafkaArgs, args: &AuditArgs) -> Result<audit::Report>
 /// A consumer assigned to every non-empty partition of one topic from its beginning, and
 /// the end offsets it reads to. Blocking: runs on a blocking thread.
 struct Reader {
-    consumer: BaseConsumer<QuietEof>,
+    consumer: BaseConsumer<ClientLog>,
     topic: String,
     source: Source,
     ends: Ends,
@@ -368,13 +368,13 @@ struct Reader {
 impl Reader {
     /// Finds the partitions of `topic` and their end offsets now, and assigns them.
     fn open(kafka: &KafkaArgs, topic: &str, source: Source) -> Result<Reader> {
-        let consumer: BaseConsumer<QuietEof> = kafka
+        let consumer: BaseConsumer<ClientLog> = kafka
             .client_config("shopctl-audit")
             .set("group.id", "shopctl-audit")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("isolation.level", "read_committed")
-            .create_with_context(QuietEof)
+            .create_with_context(ClientLog::new("shopctl"))
             .map_err(|source| Error::Consumer {
                 bootstrap: kafka.bootstrap_servers.clone(),
                 source,
