@@ -198,6 +198,7 @@ async fn serve(
         health: health.clone(),
         settings: flags,
         draining_since: None,
+        transaction_began: None,
     };
     let result = worker.run(control, shutdown).await;
     health.set_ready(false, "stopped");
