@@ -3,10 +3,14 @@
 #
 # One node in KRaft mode (combined broker + controller) on 127.0.0.1, run from the jars
 # that testbed/kafka/pom.xml pins, with the settings a single-node user sets (replication
-# factor and min ISR 1 for offsets and transactions, no initial rebalance delay). Every
-# `up` starts from a fresh data directory.
+# factor and min ISR 1 for offsets and transactions, no initial rebalance delay).
 #
-# Usage: kafka.sh install|up|down|status
+# Usage: kafka.sh install|up|down|stop|start|status
+#   up     starts a broker on a fresh data directory (formatted anew)
+#   down   stops the broker
+#   stop   stops the broker and keeps its data directory, for `start`
+#   start  starts the broker again on the data directory it had (a broker restart that
+#          keeps its topics, offsets and transactions, as a real outage does)
 # Ports: SHOPSTREAM_KAFKA_PORT (default 19092), SHOPSTREAM_KAFKA_CONTROLLER_PORT (19093).
 # SHOPSTREAM_KAFKA_EXTRA_PROPERTIES: lines added to server.properties (a test that needs a
 # broker of its own, e.g. one that refuses to delete topics, starts a second one with its
@@ -90,9 +94,7 @@ up() {
   fi
   [[ -d $LIBS ]] || die kafka "not installed: run 'make testbed' first"
   stop_pid kafka "$PIDFILE"
-  if metadata_ok; then
-    die kafka "port $PORT already serves a broker not started by the test bed: stop it or set SHOPSTREAM_KAFKA_PORT"
-  fi
+  port_free
   rm -rf "$DIR"
   mkdir -p "$DIR/data"
   write_config
@@ -100,11 +102,39 @@ up() {
   java_ kafka.tools.StorageTool format -t "$(java_ kafka.tools.StorageTool random-uuid)" \
     -c "$DIR/server.properties" >"$DIR/format.log" 2>&1 \
     || die kafka "storage format failed" "$DIR/format.log"
+  launch
+}
+
+# The broker again on the data directory of the last `up`, not formatted: its topics,
+# committed offsets and transaction state are what they were at `stop`.
+start() {
+  if pid_alive "$PIDFILE" && metadata_ok; then
+    log "kafka: already up on 127.0.0.1:$PORT"
+    return 0
+  fi
+  [[ -d $LIBS ]] || die kafka "not installed: run 'make testbed' first"
+  [[ -f $DIR/data/meta.properties ]] \
+    || die kafka "no formatted data directory in $DIR/data: run 'kafka.sh up' first"
+  stop_pid kafka "$PIDFILE"
+  port_free
+  # The properties of the last `up` (same ports, same extra settings); the data stays.
+  [[ -f $DIR/server.properties ]] || write_config
+  launch
+}
+
+port_free() {
+  if metadata_ok; then
+    die kafka "port $PORT already serves a broker not started by the test bed: stop it or set SHOPSTREAM_KAFKA_PORT"
+  fi
+}
+
+# Starts the broker on $DIR/server.properties and waits until it answers Metadata.
+launch() {
   log "kafka: starting on 127.0.0.1:$PORT"
   setsid nohup java -Xms256m -Xmx512m -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$TESTBED_DIR/kafka/log4j2.properties" \
     -Dkafka.logs.file="$LOG" -cp "$LIBS/*" kafka.Kafka "$DIR/server.properties" \
-    >"$DIR/stdout.log" 2>&1 </dev/null &
+    >>"$DIR/stdout.log" 2>&1 </dev/null &
   echo $! >"$PIDFILE"
   local deadline=$((SECONDS + 90))
   until metadata_ok; do
@@ -120,6 +150,11 @@ down() {
   log "kafka: down"
 }
 
+stop() {
+  stop_pid kafka "$PIDFILE"
+  log "kafka: stopped; data kept in $DIR/data for 'kafka.sh start'"
+}
+
 status() {
   if pid_alive "$PIDFILE" && metadata_ok; then
     echo "kafka: up on 127.0.0.1:$PORT"
@@ -130,6 +165,6 @@ status() {
 }
 
 case ${1:-} in
-  install | up | down | status) "$1" ;;
-  *) echo "usage: $0 install|up|down|status" >&2; exit 2 ;;
+  install | up | down | stop | start | status) "$1" ;;
+  *) echo "usage: $0 install|up|down|stop|start|status" >&2; exit 2 ;;
 esac

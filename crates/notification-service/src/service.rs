@@ -41,6 +41,9 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a process that is not ready checks whether the broker answers again.
 const READINESS_CHECK: Duration = Duration::from_secs(5);
 
+/// Pause after a consumer error before reading again.
+const CONSUME_ERROR_PAUSE: Duration = Duration::from_millis(20);
+
 /// Runs the service until `shutdown` is cancelled (or `out` is closed), writing one line
 /// per payment to `out`, then commits what was written and returns.
 ///
@@ -213,7 +216,8 @@ impl<W: Write> Printer<W> {
     async fn consume(&mut self, shutdown: &CancellationToken) -> Result<()> {
         // Messages borrow the consumer; a local handle leaves `self` free to be mutated.
         let consumer = Arc::clone(&self.consumer);
-        let mut backoff = retry::pauses();
+        // The last error logged, so an outage is logged once per kind, not per event.
+        let mut last_error: Option<String> = None;
         let mut readiness = tokio::time::interval(READINESS_CHECK);
         readiness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -237,20 +241,32 @@ impl<W: Write> Printer<W> {
             };
             match received {
                 Ok(message) => {
-                    backoff = retry::pauses();
+                    if last_error.take().is_some() {
+                        info!(topic = %self.config.payments_topic, "reading payments again");
+                    }
                     self.health.set_ready(true, "consuming payments");
                     if let Flow::Stop = self.handle(&message, shutdown).await? {
                         return Ok(());
                     }
                 }
                 Err(error) => {
-                    let retry_in = retry::next_pause(&mut backoff);
-                    warn!(topic = %self.config.payments_topic, %error, ?retry_in, "cannot read payments; retrying");
+                    // librdkafka reconnects by itself and queues an error event for each
+                    // failed attempt (several a second during an outage). A long pause per
+                    // event left a backlog of stale errors in front of the payments once
+                    // the broker was back (minutes after a one-minute outage); the short
+                    // pause only avoids a busy loop.
+                    let text = error.to_string();
+                    if last_error.as_deref() != Some(text.as_str()) {
+                        warn!(topic = %self.config.payments_topic, %error, "cannot read payments; retrying");
+                        last_error = Some(text);
+                    } else {
+                        debug!(topic = %self.config.payments_topic, %error, "cannot read payments again");
+                    }
                     self.health
                         .set_ready(false, format!("reading payments: {error}"));
                     tokio::select! {
                         () = shutdown.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(retry_in) => {}
+                        () = tokio::time::sleep(CONSUME_ERROR_PAUSE) => {}
                     }
                 }
             }

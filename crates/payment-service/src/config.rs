@@ -93,8 +93,12 @@ impl Config {
         Duration::from_millis(self.transaction_interval_ms)
     }
 
-    /// The transactional id of one replica. Stable per instance, so a restarted replica
-    /// fences its previous incarnation and aborts the transaction that one left open.
+    /// The transactional id of one replica. A replica restarted under the same instance
+    /// name fences its previous incarnation with it and aborts the transaction that one
+    /// left open. In Kubernetes the instance is the Pod's name, new for every Pod, so
+    /// there the old incarnation is fenced by the consumer group instead (KIP-447: the
+    /// offsets go into the transaction with the group's generation, which moves on when
+    /// the partitions are reassigned); see the README's section on exactly once.
     pub fn transactional_id(&self, instance: &str) -> String {
         format!("{}-{instance}", self.group_id)
     }

@@ -5,7 +5,9 @@
 //! the payment, all inside Kafka transactions that also carry the consumer offsets
 //! (consume-transform-produce). An order is therefore paid exactly once, across crashes,
 //! restarts and rebalances; `read_committed` readers never see a payment of an aborted
-//! attempt. Orders that fail to parse or validate go to the dead-letter topic in the same
+//! attempt. The offsets are sent with the consumer's group metadata, so an incarnation
+//! that lost its partitions cannot commit a transaction for them (KIP-447): that is what
+//! fences a replica replaced under a new Pod name, whose transactional id differs. Orders that fail to parse or validate go to the dead-letter topic in the same
 //! transaction. The failure ratio and seed follow the pipeline's control record live.
 //!
 //! # Layout
@@ -192,6 +194,7 @@ async fn serve(
         health: health.clone(),
         settings: flags,
         draining_since: None,
+        transaction_began: None,
     };
     let result = worker.run(control, shutdown).await;
     health.set_ready(false, "stopped");
@@ -199,7 +202,7 @@ async fn serve(
 }
 
 /// Initialises transactions: fences an earlier incarnation with the same transactional
-/// id and aborts the transaction it left open. Retried while the broker is away; returns
+/// id (a restart under the same instance name) and aborts the transaction it left open. Retried while the broker is away; returns
 /// `false` when shutdown came first.
 async fn init_transactions(
     producer: &FutureProducer<ClientLog>,

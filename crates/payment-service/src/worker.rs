@@ -11,9 +11,15 @@
 //!
 //! Errors follow librdkafka's transaction contract: retriable ones are retried with
 //! backoff, abortable ones abort the transaction and rewind the consumer to the batch's
-//! first offsets (so its orders are processed again), fatal ones end `run` with an error
-//! (a new incarnation fences this one and resumes from the committed offsets). A producer
-//! that turns fatal while aborting is replaced instead (see `replace_producer`).
+//! first offsets (so its orders are processed again). A producer that turns fatal is
+//! replaced by a new one under the same transactional id, whose `init_transactions`
+//! completes or aborts whatever the old one left open, and the batch's partitions are
+//! rewound to the group's committed offsets (see `replace_and_rewind`). The typical cause
+//! is a broker outage longer than the transaction timeout: the broker aborts the open
+//! transaction itself and bumps the producer epoch, so the producer learns it is "fenced"
+//! although no other incarnation exists. A producer fenced while its transaction was
+//! younger than the timeout was fenced by another producer with the same transactional id:
+//! that one owns the id, and `run` ends with an error instead of fencing it back.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime};
@@ -36,7 +42,7 @@ use tracing::{debug, info, warn};
 
 use crate::batch::Batch;
 use crate::calls::{CALL_TIMEOUT, blocking, no_open_transaction};
-use crate::clients;
+use crate::clients::{self, TRANSACTION_TIMEOUT};
 use crate::config::{Config, Delivery};
 use crate::context::PaymentContext;
 use crate::error::{Error, Result};
@@ -73,6 +79,10 @@ pub(crate) struct Worker {
     pub settings: DecisionSettings,
     /// When shutdown began, which bounds how long the drain may retry.
     pub draining_since: Option<Instant>,
+    /// When the newest transaction began (kept after the batch is cleared): tells a
+    /// producer fenced by the broker's abort of a timed-out transaction from one fenced by
+    /// another incarnation (see `replace_producer`).
+    pub transaction_began: Option<Instant>,
 }
 
 /// What woke the loop.
@@ -240,11 +250,14 @@ impl Worker {
             Queued::ShuttingDown => Ok(false),
             Queued::Refused(error) => {
                 if let Some((code, reason)) = self.producer.client().fatal_error() {
-                    return Err(Error::ProducerFatal {
+                    // The rewind covers this order too (it was touched).
+                    let error = Error::ProducerFatal {
                         transactional_id: self.transactional_id.clone(),
                         code,
                         reason,
-                    });
+                    };
+                    self.replace_and_rewind(error, shutdown).await?;
+                    return Ok(true);
                 }
                 match self.config.delivery {
                     // Typically the transaction is in an abortable state after broker
@@ -268,6 +281,7 @@ impl Worker {
             self.producer
                 .begin_transaction()
                 .map_err(|e| self.transaction_error("beginning a transaction", e))?;
+            self.transaction_began = Some(Instant::now());
         }
         self.lock().started = Some(Instant::now());
         Ok(())
@@ -364,7 +378,10 @@ impl Worker {
                 Err(error) => error,
             };
             match fate(&error) {
-                Fate::Fatal => return Err(self.transaction_error("committing", error)),
+                Fate::Fatal => {
+                    let error = self.transaction_error("committing", error);
+                    return self.replace_and_rewind(error, shutdown).await;
+                }
                 Fate::Retry if !self.drain_expired(shutdown) => {
                     let delay = retry::next_pause(&mut backoff);
                     warn!(%error, retry_in = ?delay, "committing the transaction failed; retrying");
@@ -435,17 +452,43 @@ impl Worker {
         self.rewind(shutdown)
     }
 
+    /// After a fatal producer error with a batch open (`error`, logged): replaces the
+    /// producer and rewinds the batch's partitions to the committed offsets, so its orders
+    /// are processed again. Not to the batch's first offsets: a commit that failed fatally
+    /// may still have completed at the coordinator, and the new producer's
+    /// `init_transactions` waits for that; the committed offsets then say what counted.
+    async fn replace_and_rewind(
+        &mut self,
+        error: Error,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        warn!(%error, "the producer failed fatally; replacing it and processing the open batch again");
+        if !self.replace_producer(shutdown).await? {
+            self.lock().clear();
+            return Ok(());
+        }
+        self.metrics.transactions_aborted.inc();
+        self.rewind_to_committed(shutdown).await
+    }
+
     /// Replaces a transactional producer that turned fatal with a new one under the same
     /// transactional id: its `init_transactions` fences the old producer and aborts the
-    /// transaction it left open. A producer fenced by another incarnation is not replaced
-    /// (that incarnation owns the id); the loop stops instead. Returns `false` when
-    /// shutdown came first.
+    /// transaction it left open (or waits for the commit in progress). A producer fenced
+    /// while its transaction was younger than the transaction timeout was fenced by
+    /// another producer with the same transactional id, which owns the id: it is not
+    /// replaced, and the loop stops instead. Older, the fencing is the broker's own abort
+    /// of the timed-out transaction (it bumps the epoch), and the producer is replaced.
+    /// Returns `false` when shutdown came first.
     async fn replace_producer(&mut self, shutdown: &CancellationToken) -> Result<bool> {
+        let timed_out = self
+            .transaction_began
+            .is_some_and(|began| began.elapsed() >= TRANSACTION_TIMEOUT);
         if let Some((code, reason)) = self.producer.client().fatal_error()
             && matches!(
                 code,
                 RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch
             )
+            && !timed_out
         {
             return Err(Error::ProducerFatal {
                 transactional_id: self.transactional_id.clone(),
@@ -499,6 +542,60 @@ impl Worker {
             })?;
         }
         Ok(())
+    }
+
+    /// Seeks every partition of the batch back to the group's committed offset (the
+    /// batch's first offset where the group has none) and forgets the batch.
+    async fn rewind_to_committed(&mut self, shutdown: &CancellationToken) -> Result<()> {
+        let points = {
+            let mut batch = self.lock();
+            let points = batch.rewind_points();
+            batch.clear();
+            points
+        };
+        if points.is_empty() || shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let topic = self.config.orders_topic.clone();
+        let mut wanted = rdkafka::TopicPartitionList::new();
+        for (partition, _) in &points {
+            wanted.add_partition(&topic, *partition);
+        }
+        let mut backoff = retry::pauses();
+        let committed = loop {
+            let consumer = &self.consumer;
+            match blocking(|| consumer.committed_offsets(wanted.clone(), CALL_TIMEOUT)) {
+                Ok(committed) => break committed,
+                Err(error) => {
+                    let delay = retry::next_pause(&mut backoff);
+                    warn!(%error, retry_in = ?delay, "reading the committed offsets failed; retrying");
+                    pause(delay, shutdown).await;
+                    if shutdown.is_cancelled() {
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        // Partitions lost meanwhile (a session that timed out during the outage) start
+        // from the committed offsets when assigned again; only the held ones are sought.
+        let assigned = self.consumer.assignment().unwrap_or_default();
+        let mut batch = self.lock();
+        for (partition, first) in points {
+            if assigned.find_partition(&topic, partition).is_none() {
+                continue;
+            }
+            let offset = match committed
+                .find_partition(&topic, partition)
+                .map(|e| e.offset())
+            {
+                Some(Offset::Offset(at)) => at,
+                _ => first,
+            };
+            debug!(partition, offset, "rewinding to the committed offset");
+            batch.touch(partition, offset);
+        }
+        drop(batch);
+        self.rewind(shutdown)
     }
 
     /// At least once: wait for the batch's payments to be acknowledged, then commit the

@@ -30,6 +30,9 @@ use crate::{Error, KafkaArgs, Result};
 /// hands over and keeps reading in the background.
 const CATCH_UP: Duration = Duration::from_secs(10);
 
+/// Pause after a consumer error before reading again.
+const ERROR_PAUSE: Duration = Duration::from_millis(20);
+
 /// Starts following the control records of `args.pipeline`. Returns once the topic has
 /// been read to its current end (or after `CATCH_UP`, when the broker is slow), so a
 /// service starts with the latest record already in the channel. The channel holds `None`
@@ -102,6 +105,8 @@ struct Follower {
 
 impl Follower {
     async fn run(mut self, consumer: StreamConsumer<ClientLog>, shutdown: CancellationToken) {
+        // The last error logged, so an outage is logged once per kind, not per event.
+        let mut last_error: Option<String> = None;
         loop {
             let received = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -109,23 +114,38 @@ impl Follower {
             };
             match received {
                 Ok(message) => {
+                    if last_error.take().is_some() {
+                        info!(topic = %self.topic, "reading control records again");
+                    }
                     if message.key() == Some(self.pipeline.as_bytes()) {
                         self.offer(message.payload(), message.offset());
                     }
                 }
                 Err(KafkaError::PartitionEOF(partition)) => {
+                    if last_error.take().is_some() {
+                        info!(topic = %self.topic, "reading control records again");
+                    }
                     self.pending_eof.remove(&partition);
                     if self.pending_eof.is_empty() {
                         self.publish_caught_up();
                     }
                 }
                 Err(error) => {
-                    // The client reconnects by itself; wait a little so an outage is not
-                    // a busy loop of identical warnings.
-                    warn!(topic = %self.topic, %error, "reading control records failed; retrying");
+                    // The client reconnects by itself and queues an error event for each
+                    // failed attempt (several a second during an outage). Pausing long
+                    // per event would leave a backlog of stale errors in front of the
+                    // records once the broker is back (a minute of outage kept the
+                    // follower deaf for minutes); the short pause only avoids a busy loop.
+                    let text = error.to_string();
+                    if last_error.as_deref() != Some(text.as_str()) {
+                        warn!(topic = %self.topic, %error, "reading control records failed; retrying");
+                        last_error = Some(text);
+                    } else {
+                        debug!(topic = %self.topic, %error, "reading control records failed again");
+                    }
                     tokio::select! {
                         () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = tokio::time::sleep(ERROR_PAUSE) => {}
                     }
                 }
             }
