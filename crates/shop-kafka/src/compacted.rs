@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -136,6 +136,18 @@ pub(crate) fn partitions_of<X: ConsumerContext, C: Consumer<X>>(
     Ok(Some(found.partitions().iter().map(|p| p.id()).collect()))
 }
 
+/// The settings of a [`FollowedTable`]'s consumer (public so the control-loop benchmark
+/// measures a consumer configured exactly like it).
+pub fn table_follower_config(args: &KafkaArgs) -> ClientConfig {
+    let mut config = args.client_config("shopstream-table-follower");
+    config
+        .set("group.id", "shopstream-table-follower")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", "50");
+    config
+}
+
 /// A compacted topic followed in the background: the latest value per key, kept current as
 /// records arrive. One follower serves any number of readers (the controller keeps one for
 /// the heartbeats of every pipeline instead of reading the topic per reconcile).
@@ -156,12 +168,7 @@ impl FollowedTable {
         catch_up: Duration,
         shutdown: CancellationToken,
     ) -> Result<Self> {
-        let consumer: StreamConsumer<QuietEof> = args
-            .client_config("shopstream-table-follower")
-            .set("group.id", "shopstream-table-follower")
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .set("fetch.wait.max.ms", "50")
+        let consumer: StreamConsumer<QuietEof> = table_follower_config(args)
             .create_with_context(QuietEof)
             .map_err(|source| Error::Client {
                 bootstrap: args.bootstrap_servers.clone(),

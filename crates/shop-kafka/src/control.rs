@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use shop_domain::ControlRecord;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -38,12 +38,7 @@ pub async fn follow(
     args: &KafkaArgs,
     shutdown: CancellationToken,
 ) -> Result<watch::Receiver<Option<ControlRecord>>> {
-    let consumer: StreamConsumer<QuietEof> = args
-        .client_config("shopstream-control")
-        .set("group.id", "shopstream-control-follower")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("fetch.wait.max.ms", "10")
+    let consumer: StreamConsumer<QuietEof> = follower_config(args)
         .create_with_context(QuietEof)
         .map_err(|source| Error::Client {
             bootstrap: args.bootstrap_servers.clone(),
@@ -87,6 +82,18 @@ pub async fn follow(
         warn!(pipeline = %args.pipeline, "control topic not read to its end yet; starting with the settings known so far");
     }
     Ok(rx)
+}
+
+/// The settings of the follower's consumer (public so the control-loop benchmark measures
+/// a consumer configured exactly like it).
+pub fn follower_config(args: &KafkaArgs) -> ClientConfig {
+    let mut config = args.client_config("shopstream-control");
+    config
+        .set("group.id", "shopstream-control-follower")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", "10");
+    config
 }
 
 struct Follower {
