@@ -323,6 +323,63 @@ fn read_windows(
     Ok(())
 }
 
+/// Where the initial read of a followed topic ends: the end offset of each partition that
+/// held records when following began.
+///
+/// The read is complete once each of them is read to that offset. Partition-EOF events
+/// count too, but are not waited for: librdkafka reports EOF only after a fetch that
+/// found nothing new, which the broker holds back for `fetch.wait.max.ms`.
+#[derive(Debug)]
+pub(crate) struct CatchUp {
+    pending: std::collections::HashMap<i32, i64>,
+}
+
+impl CatchUp {
+    /// The end offsets of `partitions` of `topic` now.
+    pub(crate) fn new<X: ConsumerContext, C: Consumer<X>>(
+        consumer: &C,
+        topic: &str,
+        partitions: &[i32],
+        timeout: Duration,
+    ) -> Result<Self> {
+        let mut pending = std::collections::HashMap::new();
+        for &partition in partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, partition, timeout)
+                .map_err(|source| Error::Metadata {
+                    topic: topic.to_owned(),
+                    source,
+                })?;
+            if high > low {
+                pending.insert(partition, high);
+            }
+        }
+        Ok(Self { pending })
+    }
+
+    /// Notes a record read; true once every partition is read to its end.
+    pub(crate) fn read(&mut self, partition: i32, offset: i64) -> bool {
+        if self
+            .pending
+            .get(&partition)
+            .is_some_and(|&end| offset >= end - 1)
+        {
+            self.pending.remove(&partition);
+        }
+        self.is_done()
+    }
+
+    /// Notes a partition-EOF event; true once every partition is read to its end.
+    pub(crate) fn reached_end(&mut self, partition: i32) -> bool {
+        self.pending.remove(&partition);
+        self.is_done()
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
 /// The partitions of `topic`, or `None` when it does not exist.
 pub(crate) fn partitions_of<X: ConsumerContext, C: Consumer<X>>(
     consumer: &C,
@@ -351,8 +408,10 @@ pub fn table_follower_config(args: &KafkaArgs) -> ClientConfig {
     config
         .set("group.id", "shopstream-table-follower")
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("fetch.wait.max.ms", "50");
+        .set("enable.partition.eof", "true");
+    // librdkafka's fetch.wait.max.ms (500 ms): the broker answers as soon as a heartbeat
+    // arrives, so a shorter wait only makes the idle follower fetch more often (see
+    // crate::control).
     config
 }
 
@@ -401,6 +460,7 @@ impl FollowedTable {
                 topic: topic.to_owned(),
                 source,
             })?;
+        let catch_up_to = CatchUp::new(&consumer, topic, &partitions, catch_up)?;
         let followed = Self {
             table: Arc::new(RwLock::new(BTreeMap::new())),
             changes: broadcast::channel(CHANGES).0,
@@ -409,7 +469,7 @@ impl FollowedTable {
         tokio::spawn(followed.clone().run(
             consumer,
             topic.to_owned(),
-            partitions.into_iter().collect(),
+            catch_up_to,
             caught_up_tx,
             shutdown,
         ));
@@ -449,11 +509,16 @@ impl FollowedTable {
         self,
         consumer: StreamConsumer<QuietEof>,
         topic: String,
-        mut pending_eof: HashSet<i32>,
+        mut catch_up_to: CatchUp,
         caught_up: tokio::sync::oneshot::Sender<()>,
         shutdown: CancellationToken,
     ) {
         let mut caught_up = Some(caught_up);
+        if catch_up_to.is_done()
+            && let Some(caught_up) = caught_up.take()
+        {
+            let _ = caught_up.send(());
+        }
         loop {
             let received = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -473,10 +538,14 @@ impl FollowedTable {
                     }
                     // Nobody listening is fine.
                     let _ = self.changes.send(key.to_owned());
+                    if catch_up_to.read(message.partition(), message.offset())
+                        && let Some(caught_up) = caught_up.take()
+                    {
+                        let _ = caught_up.send(());
+                    }
                 }
                 Err(KafkaError::PartitionEOF(partition)) => {
-                    pending_eof.remove(&partition);
-                    if pending_eof.is_empty()
+                    if catch_up_to.reached_end(partition)
                         && let Some(caught_up) = caught_up.take()
                     {
                         let _ = caught_up.send(());
