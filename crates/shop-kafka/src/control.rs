@@ -8,21 +8,25 @@
 //! the service through a `watch` channel, so a burst of records costs the service one
 //! wake-up and it always sees the newest.
 //!
-//! Latency matters here (a change must be applied within 100 ms of landing), so the
-//! consumer asks the broker to answer fetches after at most 10 ms.
+//! Latency matters here (a change must be applied within 100 ms of landing), and idle
+//! services should cost the broker nothing. Both hold with librdkafka's fetch defaults:
+//! the broker answers a waiting fetch as soon as one byte arrives (`fetch.min.bytes=1`),
+//! so `fetch.wait.max.ms` (500 ms) only sets how often an idle follower asks again. A
+//! smaller value bought no latency and cost every replica a fetch every few milliseconds.
+//! The initial read ends at the end offsets taken at the start, not at partition EOF,
+//! which librdkafka reports only after a fetch held back for `fetch.wait.max.ms`.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use shop_domain::ControlRecord;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::compacted::partitions_of;
+use crate::compacted::{CatchUp, partitions_of};
 use crate::context::ClientLog;
 use crate::{Error, KafkaArgs, Result};
 
@@ -41,12 +45,7 @@ pub async fn follow(
     args: &KafkaArgs,
     shutdown: CancellationToken,
 ) -> Result<watch::Receiver<Option<ControlRecord>>> {
-    let consumer: StreamConsumer<ClientLog> = args
-        .client_config("shopstream-control")
-        .set("group.id", "shopstream-control-follower")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("fetch.wait.max.ms", "10")
+    let consumer: StreamConsumer<ClientLog> = follower_config(args)
         .create_with_context(ClientLog::new("control"))
         .map_err(|source| Error::Client {
             bootstrap: args.bootstrap_servers.clone(),
@@ -75,12 +74,14 @@ pub async fn follow(
             source,
         })?;
 
+    let catch_up_to = CatchUp::new(&consumer, &topic, &partitions, CATCH_UP)?;
+
     let (tx, rx) = watch::channel(None);
     let (caught_up_tx, caught_up_rx) = tokio::sync::oneshot::channel();
     let follower = Follower {
         topic,
         pipeline: args.pipeline.clone(),
-        pending_eof: partitions.into_iter().collect(),
+        catch_up_to,
         latest: None,
         tx,
         caught_up: Some(caught_up_tx),
@@ -92,11 +93,22 @@ pub async fn follow(
     Ok(rx)
 }
 
+/// The settings of the follower's consumer (public so the control-loop benchmark measures
+/// a consumer configured exactly like it).
+pub fn follower_config(args: &KafkaArgs) -> ClientConfig {
+    let mut config = args.client_config("shopstream-control");
+    config
+        .set("group.id", "shopstream-control-follower")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true");
+    config
+}
+
 struct Follower {
     topic: String,
     pipeline: String,
-    /// Partitions whose end has not been reached in the initial read.
-    pending_eof: HashSet<i32>,
+    /// Where the initial read ends.
+    catch_up_to: CatchUp,
     /// The newest valid record seen; published once the initial read is complete.
     latest: Option<ControlRecord>,
     tx: watch::Sender<Option<ControlRecord>>,
@@ -107,6 +119,9 @@ impl Follower {
     async fn run(mut self, consumer: StreamConsumer<ClientLog>, shutdown: CancellationToken) {
         // The last error logged, so an outage is logged once per kind, not per event.
         let mut last_error: Option<String> = None;
+        if self.catch_up_to.is_done() {
+            self.publish_caught_up();
+        }
         loop {
             let received = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -120,13 +135,15 @@ impl Follower {
                     if message.key() == Some(self.pipeline.as_bytes()) {
                         self.offer(message.payload(), message.offset());
                     }
+                    if self.catch_up_to.read(message.partition(), message.offset()) {
+                        self.publish_caught_up();
+                    }
                 }
                 Err(KafkaError::PartitionEOF(partition)) => {
                     if last_error.take().is_some() {
                         info!(topic = %self.topic, "reading control records again");
                     }
-                    self.pending_eof.remove(&partition);
-                    if self.pending_eof.is_empty() {
+                    if self.catch_up_to.reached_end(partition) {
                         self.publish_caught_up();
                     }
                 }

@@ -13,7 +13,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use shop_domain::{ControlRecord, InvalidMessage, Order, Payment};
 use shop_kafka::KafkaArgs;
-use shop_kafka::compacted::read_table;
+use shop_kafka::compacted::{Latest, read_latest, read_table};
 use shop_kafka::context::ClientLog;
 use shop_kafka::topics::{TopicSpec, ensure_topics};
 use tracing::{debug, info, warn};
@@ -39,43 +39,59 @@ const POLL_INTERVAL: Duration = Duration::from_millis(200);
 const UNKNOWN_TOPIC: RDKafkaErrorCode = RDKafkaErrorCode::UnknownTopicOrPartition;
 
 /// Writes the next control record of `kafka.pipeline`: `change` applied to the current
-/// record (read from the control topic), with the next generation, once all in-sync
-/// replicas have it. Invalid values are refused before anything is read.
+/// record, with the next generation, once all in-sync replicas have it. Invalid values are
+/// refused before anything is read.
+///
+/// The current record is the pipeline's latest one, read from the end of the control topic
+/// backward (not the whole topic: on a topic shared by many pipelines that takes seconds).
+/// A pipeline whose latest record is a tombstone was deleted and starts again at
+/// generation 1. The producer connects while the record is being read; a control topic
+/// that does not exist yet is created (compacted) first.
 ///
 /// Two writers racing may both read generation N and both write N+1; the later one wins
 /// on the compacted topic, and services that applied the first ignore the second. The
 /// controller is the single writer under Kubernetes; shopctl is for one person at a time.
 pub async fn set(kafka: &KafkaArgs, change: Change) -> Result<ControlRecord> {
     change.validate()?;
-    let table = read_table(kafka, &kafka.control_topic, READ_TIMEOUT).await?;
-    let current = match table.get(&kafka.pipeline) {
+    let producer = producer(kafka)?;
+    let latest = read_latest(kafka, &kafka.control_topic, &kafka.pipeline, READ_TIMEOUT).await?;
+    let current = match &latest {
         // Shape only: an out-of-range value may be exactly what this change fixes.
-        Some(bytes) => Some(serde_json::from_slice::<ControlRecord>(bytes).map_err(|e| {
-            Error::UnreadableCurrent {
-                pipeline: kafka.pipeline.clone(),
-                topic: kafka.control_topic.clone(),
-                detail: e.to_string(),
-            }
-        })?),
-        None => None,
+        Latest::Value(bytes) => {
+            Some(serde_json::from_slice::<ControlRecord>(bytes).map_err(|e| {
+                Error::UnreadableCurrent {
+                    pipeline: kafka.pipeline.clone(),
+                    topic: kafka.control_topic.clone(),
+                    detail: e.to_string(),
+                }
+            })?)
+        }
+        Latest::Absent | Latest::NoTopic => None,
     };
     let record = change.next_record(&kafka.pipeline, current.as_ref())?;
-    ensure_topics(kafka, &[TopicSpec::compacted(&kafka.control_topic)]).await?;
-    write(kafka, &record).await?;
+    if latest == Latest::NoTopic {
+        ensure_topics(kafka, &[TopicSpec::compacted(&kafka.control_topic)]).await?;
+    }
+    write(&producer, kafka, &record).await?;
     Ok(record)
 }
 
-async fn write(kafka: &KafkaArgs, record: &ControlRecord) -> Result<()> {
-    let producer: FutureProducer = kafka
+/// The producer of control records: idempotent, acknowledged by all in-sync replicas.
+fn producer(kafka: &KafkaArgs) -> Result<FutureProducer> {
+    kafka
         .client_config("shopctl")
         .set("acks", "all")
         .set("enable.idempotence", "true")
+        .set("linger.ms", "0")
         .set("message.timeout.ms", WRITE_TIMEOUT.as_millis().to_string())
         .create()
         .map_err(|source| Error::Producer {
             bootstrap: kafka.bootstrap_servers.clone(),
             source,
-        })?;
+        })
+}
+
+async fn write(producer: &FutureProducer, kafka: &KafkaArgs, record: &ControlRecord) -> Result<()> {
     let payload = record.to_json();
     let message = FutureRecord::to(&kafka.control_topic)
         .key(&kafka.pipeline)

@@ -14,6 +14,7 @@ use shop_domain::{ControlRecord, Heartbeat};
 use shop_kafka::KafkaArgs;
 use shop_kafka::compacted::read_table;
 use shop_testkit::{TestTopic, testbed, unique_name};
+use shopctl::change::defaults;
 use shopctl::{Change, Error};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -308,4 +309,143 @@ async fn status_shows_replicas_from_heartbeats() {
     assert_eq!(json["replicas"].as_array().unwrap().len(), 3, "{json}");
     assert_eq!(json["replicas"][2]["instance"], "order-1");
     assert_eq!(json["replicas"][2]["behind"], true);
+}
+
+/// Writes records as another writer would: `None` is a tombstone.
+async fn write_raw(kafka: &KafkaArgs, records: &[(String, Option<Vec<u8>>)]) {
+    let producer: FutureProducer = testbed().kafka_config().create().unwrap();
+    for (key, value) in records {
+        let mut record = FutureRecord::to(&kafka.control_topic).key(key);
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        producer
+            .send(record, TIMEOUT)
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+}
+
+/// Records of other pipelines, more than `set` reads back from the end in its first two
+/// steps, so it has to go further back to find the pipeline's own.
+fn other_pipelines(kafka: &KafkaArgs, count: u64) -> Vec<(String, Option<Vec<u8>>)> {
+    (0..count)
+        .map(|i| {
+            let record = ControlRecord {
+                generation: 100 + i,
+                ..defaults()
+            };
+            (
+                format!("{}-other-{}", kafka.pipeline, i % 7),
+                Some(record.to_json()),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn set_continues_from_the_latest_record_of_the_pipeline_far_behind_others() {
+    let bed = bed().await;
+    let kafka = &bed.kafka;
+    let record = |generation, rate| {
+        Some(
+            ControlRecord {
+                generation,
+                orders_per_second: rate,
+                ..defaults()
+            }
+            .to_json(),
+        )
+    };
+    // The latest record counts, not the highest generation: it is what services applied.
+    let mut records = vec![
+        (kafka.pipeline.clone(), record(7, 70.0)),
+        (kafka.pipeline.clone(), record(3, 30.0)),
+    ];
+    records.extend(other_pipelines(kafka, 5000));
+    write_raw(kafka, &records).await;
+
+    let next = shopctl::set(
+        kafka,
+        Change {
+            failure_ratio: Some(0.3),
+            ..Change::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            next.generation,
+            next.orders_per_second,
+            next.payment_failure_ratio
+        ),
+        (4, 30.0, 0.3)
+    );
+    assert_eq!(stored(kafka).await, Some(next));
+}
+
+#[tokio::test]
+async fn set_after_the_pipeline_was_deleted_starts_again_at_generation_one() {
+    let bed = bed().await;
+    let kafka = &bed.kafka;
+    for rate in [10.0, 20.0] {
+        shopctl::set(
+            kafka,
+            Change {
+                rate: Some(rate),
+                ..Change::default()
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let mut records = vec![(kafka.pipeline.clone(), None)];
+    records.extend(other_pipelines(kafka, 300));
+    write_raw(kafka, &records).await;
+
+    let next = shopctl::set(kafka, Change::default()).await.unwrap();
+    assert_eq!(next.generation, 1);
+    assert_eq!(
+        next.orders_per_second,
+        defaults().orders_per_second,
+        "the deleted pipeline's rate is not carried over"
+    );
+}
+
+#[tokio::test]
+async fn set_creates_a_missing_control_topic_compacted() {
+    let bed = bed().await;
+    let kafka = KafkaArgs {
+        control_topic: unique_name("shopctl-new-control"),
+        ..bed.kafka.clone()
+    };
+    let first = shopctl::set(&kafka, Change::default()).await.unwrap();
+    let second = shopctl::set(&kafka, Change::default()).await.unwrap();
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        testbed().kafka_config().create().unwrap();
+    let configs = admin
+        .describe_configs(
+            &[rdkafka::admin::ResourceSpecifier::Topic(
+                &kafka.control_topic,
+            )],
+            &rdkafka::admin::AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    let policy = configs[0]
+        .as_ref()
+        .unwrap()
+        .get("cleanup.policy")
+        .and_then(|entry| entry.value.clone());
+    admin
+        .delete_topics(
+            &[&kafka.control_topic],
+            &rdkafka::admin::AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!((first.generation, second.generation), (1, 2));
+    assert_eq!(policy.as_deref(), Some("compact"));
 }
