@@ -55,6 +55,8 @@ pub struct Pacer {
     credit: f64,
     /// Sends taken since the anchor.
     taken: u64,
+    /// Sends that fell due but were forgotten, beyond what a late caller may catch up.
+    skipped: u64,
 }
 
 impl Pacer {
@@ -68,6 +70,7 @@ impl Pacer {
             anchor: now,
             credit: 0.0,
             taken: 0,
+            skipped: 0,
         }
     }
 
@@ -79,6 +82,13 @@ impl Pacer {
     /// Whether sending is paused.
     pub fn is_paused(&self) -> bool {
         self.paused
+    }
+
+    /// Sends skipped since creation: due, but beyond the [`max_burst`] a late caller may
+    /// catch up (in [`Pacer::due`], or carried over a rate or pause change). The caller
+    /// reports them, so a stall shows as a number instead of a silent shortfall.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
     }
 
     /// How many sends are due at `now` and not yet taken, at most [`max_burst`].
@@ -95,6 +105,7 @@ impl Pacer {
         let burst = max_burst(self.rate);
         if backlog > burst {
             self.taken = accrued - burst;
+            self.skipped = self.skipped.saturating_add(backlog - burst);
         }
         backlog.min(burst)
     }
@@ -148,7 +159,13 @@ impl Pacer {
     /// Starts a new schedule at `now`, carrying over what was accrued and not taken.
     fn reanchor(&mut self, now: Duration, next_rate: f64) {
         let outstanding = self.accrued(now) - self.taken as f64;
-        self.credit = outstanding.min(max_burst(next_rate) as f64);
+        let cap = max_burst(next_rate) as f64;
+        if outstanding > cap {
+            // Saturating cast of a positive whole number of sends.
+            let forgotten = (outstanding.floor() - cap) as u64;
+            self.skipped = self.skipped.saturating_add(forgotten);
+        }
+        self.credit = outstanding.min(cap);
         self.anchor = now;
         self.taken = 0;
     }
@@ -313,7 +330,33 @@ mod tests {
         assert_eq!(max_burst(1000.0), 100);
         pacer.take(100);
         assert_eq!(pacer.due(secs(61.0)), 0);
+        assert_eq!(
+            pacer.skipped(),
+            60_000 - 100,
+            "the rest is counted as skipped"
+        );
         assert_eq!(run(&mut pacer, secs(61.0), secs(62.0), || MS), 1000);
+        assert_eq!(pacer.skipped(), 60_000 - 100);
+    }
+
+    #[test]
+    fn a_caller_that_keeps_up_skips_nothing() {
+        let mut pacer = Pacer::new(1000.0, Duration::ZERO);
+        assert_eq!(
+            run(&mut pacer, Duration::ZERO, secs(10.0), jittery(MS)),
+            10_000
+        );
+        pacer.set_rate(10.0, secs(10.0));
+        assert_eq!(pacer.skipped(), 0);
+    }
+
+    #[test]
+    fn a_backlog_dropped_by_a_rate_change_is_counted_as_skipped() {
+        let mut pacer = Pacer::new(1000.0, Duration::ZERO);
+        // 500 sends due and not taken; the new rate may carry over only 1 (0.1 s at 10/s).
+        pacer.set_rate(10.0, secs(0.5));
+        assert_eq!(pacer.skipped(), 499);
+        assert_eq!(pacer.due(secs(0.5)), 1);
     }
 
     #[test]
