@@ -281,6 +281,12 @@ impl Generator {
                     first_id, "claimed a block of order ids"
                 );
                 self.metrics.id_block.set(gauge_value(block.block()));
+                // The schedule starts with the first ids: the wait for them (a fresh
+                // idempotent producer takes about half a second to claim) is start-up, not
+                // orders to skip.
+                if self.ids.block.is_none() {
+                    self.pacer.restart(self.origin.elapsed());
+                }
                 self.ids.block = Some(block);
                 self.ids.retry_at = None;
                 self.health.set_ready(true, "producing orders");

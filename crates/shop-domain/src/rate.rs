@@ -128,6 +128,16 @@ impl Pacer {
         Some(self.anchor + Duration::from_nanos(nanos.saturating_add(1)))
     }
 
+    /// Starts the schedule afresh at `now`, owing nothing accrued before: for a caller
+    /// that could not send at all until now (e.g. it had no order ids yet), whose first
+    /// send is then due one interval after `now` instead of a catch-up burst and a skip.
+    /// Rate, pause state and the skipped count are kept.
+    pub fn restart(&mut self, now: Duration) {
+        self.anchor = now;
+        self.credit = 0.0;
+        self.taken = 0;
+    }
+
     /// Changes the rate from `now` on. Sends already accrued keep their place (up to
     /// [`max_burst`] of the new rate) and so does the fractional progress towards the
     /// next send, so a change neither bursts nor stutters.
@@ -337,6 +347,15 @@ mod tests {
         );
         assert_eq!(run(&mut pacer, secs(61.0), secs(62.0), || MS), 1000);
         assert_eq!(pacer.skipped(), 60_000 - 100);
+    }
+
+    #[test]
+    fn a_restart_owes_nothing_from_before_it() {
+        let mut pacer = Pacer::new(100.0, Duration::ZERO);
+        pacer.restart(secs(5.0));
+        assert_eq!(pacer.due(secs(5.0)), 0);
+        assert_eq!(pacer.skipped(), 0);
+        assert_eq!(run(&mut pacer, secs(5.0), secs(6.0), || MS), 100);
     }
 
     #[test]
