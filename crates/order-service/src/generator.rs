@@ -7,7 +7,7 @@
 //! exact whatever the timer's jitter. The task never blocks on the broker: a full producer
 //! queue holds one order back and the loop retries it shortly, still answering control
 //! records and shutdown. An id-block claim survives those turns (one claim, one block);
-//! orders the schedule skips because they could not go out within 0.1 s of being due are
+//! orders the schedule skips because they could not go out within 1 s of being due are
 //! counted (`shopstream_orders_skipped_total`, the heartbeat's `skipped`) and logged.
 
 use std::future::Future;
@@ -367,7 +367,8 @@ impl Generator {
                 producer_queue_full = self.producer.has_pending(),
                 ids_at_hand = !self.ids.is_exhausted(),
                 orders_per_second = self.pacer.rate(),
-                "orders skipped: they could not be sent within 0.1 s of being due"
+                catch_up_seconds = shop_domain::rate::BURST_WINDOW_SECS,
+                "orders skipped: they could not be sent within the catch-up window of being due"
             );
         }
     }
@@ -529,8 +530,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn orders_skipped_while_the_producer_queue_is_full_are_counted() {
         shop_runtime::telemetry::init_for_tests();
-        // At 1000/s the schedule may fall 100 orders behind; a full queue holds it back far
-        // longer.
+        // At 1000/s the schedule may fall 1000 orders (a second) behind; a full queue holds
+        // it back far longer.
         let (_ids, counted) = run_blocked(
             "skip-full-queue",
             1000.0,

@@ -35,7 +35,7 @@ impl OrderMetrics {
             ),
             skipped: metrics.counter(
                 "orders_skipped",
-                "Orders the rate schedule skipped because they could not be sent within 0.1 s \
+                "Orders the rate schedule skipped because they could not be sent within 1 s \
                  of being due (producer queue full, no order ids, generator starved)",
             ),
             rate: metrics.gauge_f64(
