@@ -49,7 +49,7 @@ use tracing::{info, warn};
 pub use config::Config;
 pub use error::Error;
 
-use generator::{Applied, Generator, IdSource};
+use generator::{Applied, Generator, IdSource, SkipLog};
 use metrics::{OrderMetrics, gauge_value};
 use producer::OrderProducer;
 
@@ -110,14 +110,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     let applied = Arc::new(Mutex::new(applied));
 
     let producer = OrderProducer::new(&kafka, &config.orders_topic, &instance, &metrics, &health)?;
-    let ids = IdSource {
-        producer: id_block_producer(&kafka, &instance)?,
-        topic: kafka.id_block_topic.clone(),
-        pipeline: kafka.pipeline.clone(),
-        instance: instance.clone(),
-        block: None,
-        retry_at: None,
-    };
+    let ids = IdSource::new(
+        id_block_producer(&kafka, &instance)?,
+        &kafka.id_block_topic,
+        &kafka.pipeline,
+        &instance,
+    );
     let heartbeats = {
         let (applied, metrics) = (Arc::clone(&applied), metrics.clone());
         let report = move || {
@@ -156,6 +154,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         applied,
         metrics: metrics.clone(),
         health: health.clone(),
+        skip_log: SkipLog::default(),
     };
     let (producer, generated) = generator.run(&heartbeats, &shutdown).await;
 

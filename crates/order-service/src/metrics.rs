@@ -13,6 +13,9 @@ pub(crate) struct OrderMetrics {
     pub produced: Counter,
     /// Orders that could not be delivered (each also logged).
     pub delivery_failed: Counter,
+    /// Orders the schedule skipped because the generator could not send them in time
+    /// (each stall also logged).
+    pub skipped: Counter,
     pub rate: Gauge<f64, AtomicU64>,
     pub paused: Gauge,
     pub generation: Gauge,
@@ -29,6 +32,11 @@ impl OrderMetrics {
             delivery_failed: metrics.counter(
                 "orders_delivery_failed",
                 "Orders that could not be delivered to Kafka",
+            ),
+            skipped: metrics.counter(
+                "orders_skipped",
+                "Orders the rate schedule skipped because they could not be sent within 1 s \
+                 of being due (producer queue full, no order ids, generator starved)",
             ),
             rate: metrics.gauge_f64(
                 "orders_per_second_applied",

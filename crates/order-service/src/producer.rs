@@ -34,6 +34,9 @@ use tracing::{debug, error, warn};
 use crate::Error;
 use crate::metrics::OrderMetrics;
 
+/// Records the producer's local queue holds (see [`OrderProducer::new`]).
+const QUEUE_MESSAGES: u32 = 100_000;
+
 /// How long to wait before offering a held-back record to a full queue again.
 pub(crate) const BACKPRESSURE_RETRY: Duration = Duration::from_millis(2);
 
@@ -99,6 +102,19 @@ impl OrderProducer {
         metrics: &OrderMetrics,
         health: &Health,
     ) -> Result<Self, Error> {
+        Self::with_queue(kafka, topic, instance, metrics, health, QUEUE_MESSAGES)
+    }
+
+    /// [`OrderProducer::new`] with a local queue of `queue_messages` records (tests fill a
+    /// small one to provoke backpressure).
+    pub fn with_queue(
+        kafka: &KafkaArgs,
+        topic: &str,
+        instance: &str,
+        metrics: &OrderMetrics,
+        health: &Health,
+        queue_messages: u32,
+    ) -> Result<Self, Error> {
         let context = DeliveryContext {
             health: health.clone(),
             brokers_down: AtomicBool::new(false),
@@ -119,7 +135,7 @@ impl OrderProducer {
             .set("batch.num.messages", "10000")
             // Two seconds of orders at 50 000/s may wait locally while the broker is slow;
             // beyond that, sending backs off (see `send`).
-            .set("queue.buffering.max.messages", "100000")
+            .set("queue.buffering.max.messages", queue_messages.to_string())
             // No compression: the seed's kafka-python consumers read gzip out of the box
             // but need extra libraries for lz4/snappy/zstd, and orders are small.
             .set("compression.type", "none")
