@@ -17,7 +17,7 @@ source "$(testbed/bed.sh env)"
 
 # The benchmarks, and the binaries the controller benchmark starts as processes.
 cargo build --release --quiet -p shop-bench -p shop-controller -p order-service \
-  -p payment-service -p notification-service
+  -p payment-service -p notification-service -p shopctl
 target=${CARGO_TARGET_DIR:-$PWD/target}
 report=$(mktemp)
 {
@@ -27,6 +27,9 @@ report=$(mktemp)
   echo "compares against a baseline measured in the same run on the same broker."
   echo
   "$target/release/shop-bench" --bootstrap-servers "127.0.0.1:${SHOPSTREAM_KAFKA_PORT:-19092}"
+  echo
+  "$target/release/control-latency" --bootstrap-servers "127.0.0.1:${SHOPSTREAM_KAFKA_PORT:-19092}" \
+    --binaries "$target/release" --logs target/bench-logs
   echo
   "$target/release/controller-scale" --bootstrap-servers "127.0.0.1:${SHOPSTREAM_KAFKA_PORT:-19092}" \
     --binaries "$target/release" --logs target/bench-logs
