@@ -42,6 +42,12 @@ LABEL org.opencontainers.image.vendor="shopstream" \
       org.opencontainers.image.source="https://github.com/shopstream/shopstream" \
       org.opencontainers.image.documentation="https://github.com/shopstream/shopstream#readme"
 USER 65532:65532
+# One malloc arena per process. glibc gives threads that allocate at the same time arenas
+# of their own (up to 8 per core), and the services' threads (tokio workers, librdkafka's
+# broker threads) then keep freed memory in several heaps: at 10,000 orders/s the services
+# peaked at 17-46 MiB RSS with the default (it varies with the load on the machine), at
+# 10-15 MiB with one arena (`service-memory`, docs/benchmarks.md, which measures both).
+ENV MALLOC_ARENA_MAX=1
 
 FROM runtime AS order-service
 LABEL org.opencontainers.image.title="order-service" \

@@ -31,6 +31,9 @@ report=$(mktemp)
   "$target/release/control-latency" --bootstrap-servers "127.0.0.1:${SHOPSTREAM_KAFKA_PORT:-19092}" \
     --binaries "$target/release" --logs target/bench-logs
   echo
+  "$target/release/service-memory" --bootstrap-servers "127.0.0.1:${SHOPSTREAM_KAFKA_PORT:-19092}" \
+    --binaries "$target/release" --logs target/bench-logs
+  echo
   "$target/release/controller-scale" --bootstrap-servers "127.0.0.1:${SHOPSTREAM_KAFKA_PORT:-19092}" \
     --binaries "$target/release" --logs target/bench-logs
   echo

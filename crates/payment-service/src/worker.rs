@@ -24,6 +24,7 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime};
 
+use futures::FutureExt;
 use rdkafka::Offset;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -123,10 +124,15 @@ impl Worker {
         let mut last_error: Option<String> = None;
         // While set, reading pauses after a consumer error.
         let mut paused_until: Option<tokio::time::Instant> = None;
+        // An order the consumer already held when the last one was handled.
+        let mut ready: Option<Event> = None;
         loop {
             let deadline = self.deadline();
             let settings = self.settings;
-            let event = tokio::select! {
+            let event = if let Some(event) = ready.take() {
+                event
+            } else {
+                tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
                 changed = control.changed(), if control_open => match changed {
@@ -139,6 +145,7 @@ impl Worker {
                     Ok(message) => Event::Order(process(&message, settings, SystemTime::now())),
                     Err(error) => Event::ConsumeError(error),
                 },
+                }
             };
             let broken = self.lock().broken.take();
             if let Some(reason) = broken {
@@ -157,6 +164,7 @@ impl Worker {
                     if !self.handle(processed, &shutdown).await? {
                         break;
                     }
+                    ready = self.next_ready(&control, &shutdown);
                 }
                 // A revocation may have ended the batch after its deadline was taken.
                 Event::Commit if self.lock().is_open() => self.finish(&shutdown).await?,
@@ -189,6 +197,28 @@ impl Worker {
             }
         }
         self.drain(&shutdown).await
+    }
+
+    /// The next order when the consumer already holds one and nothing of higher priority
+    /// (shutdown, a control record, the batch's deadline) is waiting: during a backlog the
+    /// loop then goes through the `select!` (a timer, a cancellation waiter and a consumer
+    /// waker registered and dropped each time, which cost more than the order's own work)
+    /// only when the consumer's queue runs dry.
+    fn next_ready(
+        &self,
+        control: &watch::Receiver<Option<ControlRecord>>,
+        shutdown: &CancellationToken,
+    ) -> Option<Event> {
+        let due = self
+            .deadline()
+            .is_some_and(|deadline| deadline <= tokio::time::Instant::now());
+        if shutdown.is_cancelled() || matches!(control.has_changed(), Ok(true)) || due {
+            return None;
+        }
+        Some(match self.consumer.recv().now_or_never()? {
+            Ok(message) => Event::Order(process(&message, self.settings, SystemTime::now())),
+            Err(error) => Event::ConsumeError(error),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Batch> {
@@ -234,7 +264,8 @@ impl Worker {
             self.begin()?;
         }
         self.lock().touch(processed.partition, processed.offset);
-        match self.send_or_strip(&processed.record, shutdown).await {
+        let destination = processed.record.destination;
+        match self.send_or_strip(processed.record, shutdown).await {
             Queued::Sent(delivery) => {
                 let mut batch = self.lock();
                 batch.sent(processed.partition, processed.offset, processed.outcome);
@@ -268,7 +299,7 @@ impl Worker {
                         Ok(true)
                     }
                     Delivery::AtLeastOnce => Err(Error::Produce {
-                        topic: self.topic(processed.record.destination).to_owned(),
+                        topic: self.topic(destination).to_owned(),
                         source: Box::new(error),
                     }),
                 }
@@ -295,9 +326,21 @@ impl Worker {
     }
 
     /// Queues one record, waiting (never dropping) while the producer's queue is full.
-    async fn send(&self, record: &Outgoing, shutdown: &CancellationToken) -> Queued {
-        let topic = self.topic(record.destination);
-        let mut pending = future_record(topic, record);
+    /// Takes the record by value so its headers move into librdkafka's message instead
+    /// of being copied.
+    async fn send(&self, record: Outgoing, shutdown: &CancellationToken) -> Queued {
+        let Outgoing {
+            destination,
+            key,
+            value,
+            headers,
+        } = record;
+        let mut pending = FutureRecord::to(self.topic(destination))
+            .payload(value.as_slice())
+            .headers(headers);
+        if let Some(key) = &key {
+            pending = pending.key(key.as_slice());
+        }
         loop {
             match self.producer.send_result(pending) {
                 Ok(delivery) => return Queued::Sent(delivery),
@@ -316,13 +359,17 @@ impl Worker {
     /// Like `send`, but a dead letter too large for the producer is sent again without
     /// the original key, value and headers, so a hostile message cannot block its
     /// partition.
-    async fn send_or_strip(&self, record: &Outgoing, shutdown: &CancellationToken) -> Queued {
+    async fn send_or_strip(&self, record: Outgoing, shutdown: &CancellationToken) -> Queued {
+        if record.destination == Destination::Payments {
+            return self.send(record, shutdown).await;
+        }
+        let stripped = record.stripped();
         match self.send(record, shutdown).await {
             Queued::Refused(KafkaError::MessageProduction(
                 RDKafkaErrorCode::MessageSizeTooLarge,
-            )) if record.destination == Destination::DeadLetters => {
+            )) => {
                 warn!(topic = %self.config.dlq_topic, "dead letter too large; sending it without the original message");
-                self.send(&record.stripped(), shutdown).await
+                self.send(stripped, shutdown).await
             }
             queued => queued,
         }
@@ -715,16 +762,6 @@ impl Outgoing {
             value: Vec::new(),
             headers,
         }
-    }
-}
-
-fn future_record<'a>(topic: &'a str, record: &'a Outgoing) -> FutureRecord<'a, [u8], [u8]> {
-    let future = FutureRecord::to(topic)
-        .payload(record.value.as_slice())
-        .headers(record.headers.clone());
-    match &record.key {
-        Some(key) => future.key(key.as_slice()),
-        None => future,
     }
 }
 
