@@ -10,85 +10,17 @@
 //! orders, heartbeat and id-block topics first, the control topic only later.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
 use rdkafka::Message;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use shop_domain::control::{CONTROL_TOPIC, HEARTBEAT_TOPIC, ID_BLOCK_TOPIC};
-use shop_testkit::{free_port, test_log, unique_name};
+use shop_testkit::{OwnBroker, free_port, test_log, unique_name};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A single-node broker of this test's own, stopped when dropped.
-struct OwnBroker {
-    env: Vec<(&'static str, String)>,
-    bootstrap: String,
-    state: PathBuf,
-}
-
-impl OwnBroker {
-    fn start(extra_properties: &str) -> Self {
-        let port = free_port();
-        let state = std::env::temp_dir().join(format!("shopstream-broker-{port}"));
-        let env = vec![
-            ("SHOPSTREAM_KAFKA_PORT", port.to_string()),
-            ("SHOPSTREAM_KAFKA_CONTROLLER_PORT", free_port().to_string()),
-            ("SHOPSTREAM_TESTBED_STATE", state.display().to_string()),
-            (
-                "SHOPSTREAM_KAFKA_EXTRA_PROPERTIES",
-                extra_properties.to_owned(),
-            ),
-        ];
-        let broker = Self {
-            env,
-            bootstrap: format!("127.0.0.1:{port}"),
-            state,
-        };
-        let status = broker.kafka_sh("up");
-        assert!(status.success(), "testbed/kafka.sh up failed");
-        broker
-    }
-
-    fn kafka_sh(&self, verb: &str) -> std::process::ExitStatus {
-        let script = shop_testkit::bed::repo_dir().join("testbed/kafka.sh");
-        Command::new(script)
-            .arg(verb)
-            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
-            .status()
-            .unwrap()
-    }
-
-    fn config(&self) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.bootstrap);
-        config
-    }
-
-    /// Creates `topic` with replication factor 1 (which this broker accepts).
-    async fn create_topic(&self, topic: &str, partitions: i32, cleanup: &str) {
-        let admin: AdminClient<DefaultClientContext> = self.config().create().unwrap();
-        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1))
-            .set("cleanup.policy", cleanup);
-        let options = AdminOptions::new().operation_timeout(Some(TIMEOUT));
-        for result in admin.create_topics([&new], &options).await.unwrap() {
-            result.unwrap();
-        }
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        let _ = self.kafka_sh("down");
-        let _ = std::fs::remove_dir_all(&self.state);
-    }
-}
 
 /// `GET /readyz` on the service's port: the status code and body, or `None` when nothing
 /// answers.
@@ -122,7 +54,7 @@ async fn without_its_control_topic_it_waits_not_ready_and_starts_once_the_topic_
     let log_path = shop_testkit::bed::repo_dir().join(format!("target/test-logs/{log_name}.log"));
     let http_port = free_port();
     let mut service = tokio::process::Command::new(env!("CARGO_BIN_EXE_order-service"))
-        .args(["--bootstrap-servers", &broker.bootstrap])
+        .args(["--bootstrap-servers", broker.bootstrap()])
         .args(["--http-port", &http_port.to_string()])
         .args(["--orders-per-second", "20"])
         .env("RUST_LOG", "info")
@@ -163,7 +95,7 @@ async fn without_its_control_topic_it_waits_not_ready_and_starts_once_the_topic_
 
     // Orders flow: the service started by itself once the topic existed.
     let consumer: BaseConsumer = broker
-        .config()
+        .client_config()
         .set("group.id", unique_name("late-control-reader"))
         .set("auto.offset.reset", "earliest")
         .create()

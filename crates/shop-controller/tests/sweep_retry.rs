@@ -6,8 +6,6 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use kube::Api;
@@ -16,55 +14,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use shop_controller::crd::{ShopPipeline, ShopPipelineSpec};
 use shop_kafka::KafkaArgs;
 use shop_kafka::compacted::read_table;
-use shop_testkit::{free_port, testbed};
+use shop_testkit::{OwnBroker, testbed};
 use support::{Controller, eventually, install_crd};
-
-/// A single-node broker of this test's own, stopped when dropped.
-struct OwnBroker {
-    env: Vec<(&'static str, String)>,
-    bootstrap: String,
-    _state: PathBuf,
-}
-
-impl OwnBroker {
-    fn start(extra_properties: &str) -> Self {
-        let port = free_port();
-        let state = std::env::temp_dir().join(format!("shopstream-broker-{port}"));
-        let env = vec![
-            ("SHOPSTREAM_KAFKA_PORT", port.to_string()),
-            ("SHOPSTREAM_KAFKA_CONTROLLER_PORT", free_port().to_string()),
-            ("SHOPSTREAM_TESTBED_STATE", state.display().to_string()),
-            (
-                "SHOPSTREAM_KAFKA_EXTRA_PROPERTIES",
-                extra_properties.to_owned(),
-            ),
-        ];
-        let broker = Self {
-            env,
-            bootstrap: format!("127.0.0.1:{port}"),
-            _state: state,
-        };
-        let status = broker.kafka_sh("up");
-        assert!(status.success(), "testbed/kafka.sh up failed");
-        broker
-    }
-
-    fn kafka_sh(&self, verb: &str) -> std::process::ExitStatus {
-        let script = shop_testkit::bed::repo_dir().join("testbed/kafka.sh");
-        Command::new(script)
-            .arg(verb)
-            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
-            .status()
-            .unwrap()
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        let _ = self.kafka_sh("down");
-        let _ = std::fs::remove_dir_all(&self._state);
-    }
-}
 
 fn sweep_failures(controller: &Controller) -> u64 {
     let text = controller.metrics.encode();
@@ -88,7 +39,7 @@ async fn a_pipeline_whose_topics_could_not_be_deleted_keeps_its_control_record()
     let controller = Controller::start_on(
         "sweep-retry",
         client.clone(),
-        &broker.bootstrap,
+        broker.bootstrap(),
         &ns,
         "shopstream.control",
         "shopstream.heartbeats",
@@ -108,7 +59,7 @@ async fn a_pipeline_whose_topics_could_not_be_deleted_keeps_its_control_record()
         .await
         .unwrap();
     let key = format!("{ns}/kept");
-    let kafka = KafkaArgs::for_broker(&broker.bootstrap);
+    let kafka = KafkaArgs::for_broker(broker.bootstrap());
     let orders = format!("{ns}.kept.orders");
     eventually("the pipeline's topics and control record", async || {
         let consumer: BaseConsumer = kafka.client_config("test").create().ok()?;

@@ -11,7 +11,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,7 +18,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use shop_domain::{ControlRecord, Order, Payment};
-use shop_testkit::{free_port, test_log, workspace_binary};
+use shop_testkit::{OwnBroker, free_port, test_log, workspace_binary};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -33,58 +32,6 @@ const TIMEOUT: Duration = Duration::from_secs(180);
 
 const PARTITIONS: i32 = 3;
 
-/// A single-node broker of this test's own, stopped (and its state removed) when dropped.
-struct OwnBroker {
-    env: Vec<(&'static str, String)>,
-    bootstrap: String,
-    state: PathBuf,
-}
-
-impl OwnBroker {
-    fn up() -> Self {
-        let port = free_port();
-        let state = std::env::temp_dir().join(format!("shopstream-outage-broker-{port}"));
-        let broker = Self {
-            env: vec![
-                ("SHOPSTREAM_KAFKA_PORT", port.to_string()),
-                ("SHOPSTREAM_KAFKA_CONTROLLER_PORT", free_port().to_string()),
-                ("SHOPSTREAM_TESTBED_STATE", state.display().to_string()),
-            ],
-            bootstrap: format!("127.0.0.1:{port}"),
-            state,
-        };
-        broker.kafka_sh("up");
-        broker
-    }
-
-    fn kafka_sh(&self, verb: &str) {
-        let script = shop_testkit::bed::repo_dir().join("testbed/kafka.sh");
-        let status = Command::new(script)
-            .arg(verb)
-            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
-            .status()
-            .unwrap();
-        assert!(status.success(), "testbed/kafka.sh {verb} failed");
-    }
-
-    fn config(&self) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.bootstrap);
-        config
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        let script = shop_testkit::bed::repo_dir().join("testbed/kafka.sh");
-        let _ = Command::new(script)
-            .arg("down")
-            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
-            .status();
-        let _ = std::fs::remove_dir_all(&self.state);
-    }
-}
-
 /// One service as a process, killed when dropped (the test checks its exit itself).
 struct Service {
     name: &'static str,
@@ -96,7 +43,7 @@ impl Service {
     fn start(name: &'static str, broker: &OwnBroker, args: &[&str], stdout: Stdio) -> Self {
         let port = free_port();
         let child = Command::new(workspace_binary(name))
-            .args(["--bootstrap-servers", &broker.bootstrap])
+            .args(["--bootstrap-servers", broker.bootstrap()])
             .args(["--pipeline", "outage"])
             .args(["--control-topic", "control"])
             .args(["--heartbeat-topic", "heartbeats"])
@@ -307,8 +254,8 @@ async fn stop(service: &mut Service) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minute_without_the_broker_loses_and_repeats_no_payment() {
-    let broker = OwnBroker::up();
-    let bootstrap = broker.bootstrap.clone();
+    let broker = OwnBroker::start("");
+    let bootstrap = broker.bootstrap().to_owned();
     let lines_file = "broker-outage-notification-lines";
     let lines_path =
         shop_testkit::bed::repo_dir().join(format!("target/test-logs/{lines_file}.log"));
@@ -361,7 +308,7 @@ async fn a_minute_without_the_broker_loses_and_repeats_no_payment() {
 
     // The outage: longer than the session timeouts, with orders, payments and
     // notifications in flight.
-    broker.kafka_sh("stop");
+    broker.stop();
     let stopped = Instant::now();
     let mut went_unready = [false; 3];
     while stopped.elapsed() < OUTAGE {
@@ -372,7 +319,7 @@ async fn a_minute_without_the_broker_loses_and_repeats_no_payment() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     eprintln!("not ready during the outage (order, payment, notification): {went_unready:?}");
-    broker.kafka_sh("start");
+    broker.start_again();
 
     // Back: ready again, and orders flow again.
     let at_restart = eventually("the orders topic readable", &mut services, async |_| {
@@ -399,7 +346,7 @@ async fn a_minute_without_the_broker_loses_and_repeats_no_payment() {
         seed: 0,
         extra: Default::default(),
     };
-    let producer: FutureProducer = broker.config().create().unwrap();
+    let producer: FutureProducer = broker.client_config().create().unwrap();
     producer
         .send(
             FutureRecord::to("control")

@@ -12,6 +12,7 @@
 //!   tests run in parallel and against a shared broker without seeing each other.
 //! - [`kafka`]: client configuration for the bed's broker and topics that delete
 //!   themselves when the test ends.
+//! - [`broker`]: a broker of a test's own, for tests that stop, restart or reconfigure it.
 //! - [`process`]: the workspace's binaries as processes: where they are, a free port, a
 //!   log file.
 //! - [`browser`]: headless Chromium over WebDriver, for the controller's live view.
@@ -22,6 +23,7 @@
 //! `#[tokio::test]` as well as during a panic, without blocking the test's runtime.
 
 pub mod bed;
+pub mod broker;
 pub mod browser;
 pub mod kafka;
 pub mod kube;
@@ -29,6 +31,7 @@ pub mod names;
 pub mod process;
 
 pub use bed::{TestBed, testbed};
+pub use broker::OwnBroker;
 pub use kafka::TestTopic;
 pub use kube::TestNamespace;
 pub use names::unique_name;
