@@ -59,6 +59,18 @@ impl KafkaArgs {
             .set("reconnect.backoff.max.ms", "5000");
         config
     }
+
+    /// Configuration of a consumer that `assign()`s partitions and reads them to their end:
+    /// no offsets committed, partition EOF reported. `group` is only there because
+    /// librdkafka wants one for `assign()`; nothing joins it or commits to it.
+    pub fn reader_config(&self, client_id: &str, group: &str) -> ClientConfig {
+        let mut config = self.client_config(client_id);
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true");
+        config
+    }
 }
 
 /// Accepts `host:port[,host:port...]`; refuses anything else with a message that shows

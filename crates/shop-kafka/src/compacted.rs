@@ -42,10 +42,7 @@ fn read_table_blocking(
 ) -> Result<BTreeMap<String, Vec<u8>>> {
     let deadline = Instant::now() + timeout;
     let consumer: BaseConsumer<ClientLog> = args
-        .client_config("shopstream-table-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("group.id", "shopstream-table-reader")
+        .reader_config("shopstream-table-reader", "shopstream-table-reader")
         .create_with_context(ClientLog::new("table-reader"))
         .map_err(|source| Error::Client {
             bootstrap: args.bootstrap_servers.clone(),
@@ -190,11 +187,7 @@ fn read_latest_blocking(
     // A short-lived reader: a short fetch wait only bounds how long a window that ends in
     // a compacted gap waits for the partition-EOF event.
     let consumer: BaseConsumer<ClientLog> = args
-        .client_config("shopstream-key-reader")
-        // librdkafka wants a group for assign(); nothing joins it or commits to it.
-        .set("group.id", "shopstream-key-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
+        .reader_config("shopstream-key-reader", "shopstream-key-reader")
         .set("fetch.wait.max.ms", "10")
         .create_with_context(ClientLog::new("key-reader"))
         .map_err(|source| Error::Client {
@@ -404,15 +397,10 @@ pub(crate) fn partitions_of<X: ConsumerContext, C: Consumer<X>>(
 /// The settings of a [`FollowedTable`]'s consumer (public so the control-loop benchmark
 /// measures a consumer configured exactly like it).
 pub fn table_follower_config(args: &KafkaArgs) -> ClientConfig {
-    let mut config = args.client_config("shopstream-table-follower");
-    config
-        .set("group.id", "shopstream-table-follower")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true");
     // librdkafka's fetch.wait.max.ms (500 ms): the broker answers as soon as a heartbeat
     // arrives, so a shorter wait only makes the idle follower fetch more often (see
     // crate::control).
-    config
+    args.reader_config("shopstream-table-follower", "shopstream-table-follower")
 }
 
 /// A compacted topic followed in the background: the latest value per key, kept current as

@@ -96,12 +96,7 @@ pub async fn follow(
 /// The settings of the follower's consumer (public so the control-loop benchmark measures
 /// a consumer configured exactly like it).
 pub fn follower_config(args: &KafkaArgs) -> ClientConfig {
-    let mut config = args.client_config("shopstream-control");
-    config
-        .set("group.id", "shopstream-control-follower")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true");
-    config
+    args.reader_config("shopstream-control", "shopstream-control-follower")
 }
 
 struct Follower {

@@ -385,10 +385,7 @@ impl Reader {
     /// Finds the partitions of `topic` and their end offsets now, and assigns them.
     fn open(kafka: &KafkaArgs, topic: &str, source: Source) -> Result<Reader> {
         let consumer: BaseConsumer<ClientLog> = kafka
-            .client_config("shopctl-audit")
-            .set("group.id", "shopctl-audit")
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
+            .reader_config("shopctl-audit", "shopctl-audit")
             .set("isolation.level", "read_committed")
             .create_with_context(ClientLog::new("shopctl"))
             .map_err(|source| Error::Consumer {
