@@ -136,11 +136,7 @@ async fn a_send_refused_inside_a_transaction_is_aborted_and_its_batch_replayed()
         .unwrap();
     service.stop().await;
 
-    let payments: Vec<_> = read_all(pipeline.payments.name())
-        .await
-        .iter()
-        .map(Record::payment)
-        .collect();
+    let payments = read_payments(pipeline.payments.name()).await;
     assert_exactly_one_payment_each(&payments, VALID);
     assert_eq!(dead.len(), 1, "one dead letter, committed once");
     assert_eq!(dead[0].key.as_deref(), Some(&b"poison"[..]));

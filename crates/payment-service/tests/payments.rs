@@ -350,11 +350,7 @@ async fn sigkill_mid_stream_still_exactly_one_payment() {
         log.display()
     );
 
-    let payments: Vec<_> = read_all(payments)
-        .await
-        .iter()
-        .map(Record::payment)
-        .collect();
+    let payments = read_payments(payments).await;
     assert_exactly_one_payment_each(&payments, n);
     eprintln!("{n} orders, {paid_at_crash} paid before the SIGKILL");
     let _ = std::fs::remove_file(&log);
@@ -389,11 +385,7 @@ async fn rebalance_to_a_second_replica_keeps_exactly_one_payment() {
     first.stop().await;
     second.stop().await;
 
-    let payments: Vec<_> = read_all(payments)
-        .await
-        .iter()
-        .map(Record::payment)
-        .collect();
+    let payments = read_payments(payments).await;
     assert_exactly_one_payment_each(&payments, n);
     eprintln!("{n} orders; the first replica aborted {aborted} transactions at the rebalance");
 }
@@ -412,11 +404,7 @@ async fn at_least_once_mode_delivers_every_order() {
     wait_for_payments(pipeline.payments.name(), N as usize).await;
     service.stop().await;
 
-    let payments: Vec<_> = read_all(pipeline.payments.name())
-        .await
-        .iter()
-        .map(Record::payment)
-        .collect();
+    let payments = read_payments(pipeline.payments.name()).await;
     let counts = payments_per_order(&payments);
     assert!((1..=N).all(|id| counts.contains_key(&id)));
     for payment in &payments {

@@ -58,11 +58,7 @@ async fn rebalances_in_a_row_while_transactions_are_open_keep_the_service_runnin
         .metric("shopstream_producers_replaced_total")
         .unwrap_or_default();
     service.stop().await;
-    let payments: Vec<_> = read_all(payments)
-        .await
-        .iter()
-        .map(Record::payment)
-        .collect();
+    let payments = read_payments(payments).await;
     assert_exactly_one_payment_each(&payments, n);
     eprintln!(
         "{n} orders through {CYCLES} join/leave cycles; \

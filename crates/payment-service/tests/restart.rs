@@ -156,11 +156,7 @@ async fn sigkill_and_restart_under_a_new_pod_name_keeps_exactly_one_payment() {
     wait_for_payments(payments, n as usize).await;
     pod.assert_running();
 
-    let payments: Vec<_> = read_all(payments)
-        .await
-        .iter()
-        .map(Record::payment)
-        .collect();
+    let payments = read_payments(payments).await;
     assert_exactly_one_payment_each(&payments, n);
     eprintln!("{n} orders, each paid once; transactional ids {ids:?} then {replacement}");
 }

@@ -113,11 +113,7 @@ async fn a_replica_fenced_by_the_brokers_transaction_timeout_recovers() {
         log.display()
     );
 
-    let payments: Vec<_> = read_all(payments)
-        .await
-        .iter()
-        .map(Record::payment)
-        .collect();
+    let payments = read_payments(payments).await;
     assert_exactly_one_payment_each(&payments, n);
     eprintln!("{n} orders, each paid once across the stall");
     let _ = std::fs::remove_file(&log);

@@ -244,6 +244,11 @@ pub async fn read_all(topic: &str) -> Vec<Record> {
         .unwrap()
 }
 
+/// The payments committed to `topic` (see [`read_all`]).
+pub async fn read_payments(topic: &str) -> Vec<Payment> {
+    read_all(topic).await.iter().map(Record::payment).collect()
+}
+
 fn read_all_blocking(topic: &str) -> Vec<Record> {
     let consumer: BaseConsumer = testbed()
         .kafka_config()
@@ -320,7 +325,7 @@ fn read_all_blocking(topic: &str) -> Vec<Record> {
 pub async fn wait_for_payments(topic: &str, n: usize) -> Vec<Payment> {
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        let payments: Vec<Payment> = read_all(topic).await.iter().map(Record::payment).collect();
+        let payments = read_payments(topic).await;
         let distinct: HashSet<u64> = payments.iter().map(|p| p.order_id).collect();
         if distinct.len() >= n {
             return payments;
@@ -396,6 +401,6 @@ impl Feeder {
 
 /// How many distinct orders have a payment now.
 pub async fn paid_orders(topic: &str) -> usize {
-    let payments: Vec<Payment> = read_all(topic).await.iter().map(Record::payment).collect();
+    let payments = read_payments(topic).await;
     payments_per_order(&payments).len()
 }
