@@ -54,12 +54,7 @@ fn read_table_blocking(
     let mut assignment = TopicPartitionList::new();
     let mut pending = HashSet::new();
     for partition in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition, timeout)
-            .map_err(|source| Error::Metadata {
-                topic: topic.to_owned(),
-                source,
-            })?;
+        let (low, high) = watermarks(&consumer, topic, partition, timeout)?;
         if high > low {
             pending.insert(partition);
             assignment
@@ -199,12 +194,7 @@ fn read_latest_blocking(
     };
     let mut searches = BTreeMap::new();
     for partition in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition, timeout)
-            .map_err(|source| Error::Metadata {
-                topic: topic.to_owned(),
-                source,
-            })?;
+        let (low, high) = watermarks(&consumer, topic, partition, timeout)?;
         if high > low {
             searches.insert(
                 partition,
@@ -337,12 +327,7 @@ impl CatchUp {
     ) -> Result<Self> {
         let mut pending = std::collections::HashMap::new();
         for &partition in partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, partition, timeout)
-                .map_err(|source| Error::Metadata {
-                    topic: topic.to_owned(),
-                    source,
-                })?;
+            let (low, high) = watermarks(consumer, topic, partition, timeout)?;
             if high > low {
                 pending.insert(partition, high);
             }
@@ -392,6 +377,21 @@ pub(crate) fn partitions_of<X: ConsumerContext, C: Consumer<X>>(
         return Ok(None);
     }
     Ok(Some(found.partitions().iter().map(|p| p.id()).collect()))
+}
+
+/// The low and high watermarks of `topic`'s `partition`.
+fn watermarks<X: ConsumerContext, C: Consumer<X>>(
+    consumer: &C,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<(i64, i64)> {
+    consumer
+        .fetch_watermarks(topic, partition, timeout)
+        .map_err(|source| Error::Metadata {
+            topic: topic.to_owned(),
+            source,
+        })
 }
 
 /// The settings of a [`FollowedTable`]'s consumer (public so the control-loop benchmark
